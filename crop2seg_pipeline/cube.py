@@ -158,6 +158,7 @@ def load_cube(
     chunksize: int | tuple[int, int] = 1024,
     resampling_20m: str = "nearest",
     check_files: bool = True,
+    grid: Grid | None = None,
 ) -> xr.Dataset:
     """Build the lazy Sentinel-2 cube of a set of STAC items.
 
@@ -184,6 +185,11 @@ def load_cube(
         How 20 m bands are brought to 10 m: ``nearest`` (default: each 20 m pixel repeated 2 x 2,
         no invented values), ``bilinear``, ``cubic`` (as Crop2Seg) or ``average``. 10 m bands are
         read without resampling; SCL always uses ``nearest``.
+    check_files
+        Check that local files exist before building the graph.
+    grid
+        Use exactly this output grid (e.g. to rebuild the cube of an earlier run) instead of
+        deriving it from the items and ``bbox``.
 
     Returns
     -------
@@ -200,8 +206,9 @@ def load_cube(
         raise ValueError(f"unknown band(s) {unknown}; choose from {list(BANDS)}")
     norm = normalize_items(items, bands=bands, check_files=check_files)
     sel = select_items(norm, bbox=bbox, bbox_crs=bbox_crs, start=start, end=end, max_cloud=max_cloud)
-    target = require_single_crs(sel, epsg)
-    grid = cube_grid(sel, target, resolution, bbox, bbox_crs)
+    if grid is None:
+        target = require_single_crs(sel, epsg)
+        grid = cube_grid(sel, target, resolution, bbox, bbox_crs)
     chunks_yx = (chunksize, chunksize) if isinstance(chunksize, int) else tuple(chunksize)
 
     groups = _same_day_groups(sel)

@@ -180,6 +180,11 @@ def normalize_item(item: Mapping, bands: Sequence[str] = BANDS, check_files: boo
     """
     item_id = str(item.get("id", "<no id>"))
     props = dict(item.get("properties", {}))
+    if "crop2seg:dn_offset" in props:  # already normalized: idempotent
+        missing = [b for b in [*bands, SCL] if b not in item.get("assets", {})]
+        if missing:
+            raise MissingBandError(f"item {item_id!r} has no asset for band(s) {', '.join(missing)}")
+        return copy.deepcopy(dict(item))
     when = _item_datetime(item_id, props)
     base = item.get("crop2seg:base_href")
     item_epsg = _epsg_of(props)

@@ -1,0 +1,205 @@
+"""The Zarr (v3) patch store: layout, skeleton, whole-chunk region writes, resume markers.
+
+Layout (``shared/DESIGN.md``): ``xarray.open_zarr(store)`` gives ``s2`` (patch, time, band, y, x)
+uint16, ``dates`` (patch, time), ``label`` (patch, y, x) uint8, ``parcel_id`` (patch, y, x) int32,
+``clear`` (patch, time) float32, per-patch coordinates ``tile``, ``row``, ``col``, ``split``,
+``epsg``, ``x0``, ``y0``, and attributes. One patch per chunk, no sharding: every write task
+writes whole chunks of the patches it owns, so no two tasks ever touch one chunk.
+
+Resume: the skeleton (metadata, coordinates, dates, clear-sky fractions) is written first, with
+a fingerprint of the build inputs. Each write task then writes its patches and, only after
+they are all written, drops a marker ``.crop2seg/done/<key>.json`` (atomically) carrying its
+partial statistics. A re-run with the same fingerprint skips tasks that have a marker. The
+store counts as complete only when ``attrs["complete"]`` is true, set last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec
+
+from .errors import StoreError
+
+STORE_FORMAT = "crop2seg-patch-store"
+STORE_VERSION = 1
+MARKER_DIR = ".crop2seg/done"
+
+#: Codec of the patch arrays (also used by the raw-I/O benchmark baseline).
+CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+
+
+def store_state(path: str | os.PathLike) -> str:
+    """``"absent"``, ``"empty"`` (empty folder), ``"ours"`` (a patch store) or ``"foreign"``."""
+    p = Path(path)
+    if not p.exists():
+        return "absent"
+    if p.is_dir() and not any(p.iterdir()):
+        return "empty"
+    meta = p / "zarr.json"
+    if p.is_dir() and meta.exists():
+        try:
+            attrs = json.loads(meta.read_text()).get("attributes", {})
+        except (OSError, json.JSONDecodeError):
+            return "foreign"
+        if attrs.get("format") == STORE_FORMAT:
+            return "ours"
+    return "foreign"
+
+
+def prepare_target(path: str | os.PathLike, overwrite: bool) -> str:
+    """Check the output path before anything is written; returns ``"new"`` or ``"existing"``.
+
+    A path that holds anything other than a patch store is never touched, even with
+    ``overwrite``: the user must choose another path or delete it themselves.
+    """
+    state = store_state(path)
+    if state == "foreign":
+        raise StoreError(
+            f"{path} exists and is not a crop2seg patch store (it holds other files); "
+            "choose another --out path or remove it yourself"
+        )
+    if state == "ours" and overwrite:
+        shutil.rmtree(path)
+        return "new"
+    return "existing" if state == "ours" else "new"
+
+
+def read_attrs(path: str | os.PathLike) -> dict:
+    return json.loads((Path(path) / "zarr.json").read_text()).get("attributes", {})
+
+
+def create_skeleton(
+    path: str | os.PathLike,
+    patches: pd.DataFrame,
+    dates: np.ndarray,
+    clear: np.ndarray,
+    bands: Sequence[str],
+    patch_size: int,
+    attrs: Mapping[str, Any],
+) -> None:
+    """Write the store's metadata, coordinates, ``dates`` and ``clear``; data arrays stay empty.
+
+    Parameters
+    ----------
+    patches
+        One row per patch, in store order, with columns ``tile``, ``row``, ``col``, ``split``,
+        ``epsg``, ``x0``, ``y0``.
+    dates
+        (patch, time) datetime64, NaT for padding.
+    clear
+        (patch, time) float32 clear-sky fractions (NaN for padding).
+    """
+    n, t = dates.shape
+    b, p = len(bands), patch_size
+    ds = xr.Dataset(
+        {
+            "s2": (("patch", "time", "band", "y", "x"), da.zeros((n, t, b, p, p), "uint16", chunks=(1, t, b, p, p))),
+            "label": (("patch", "y", "x"), da.zeros((n, p, p), "uint8", chunks=(1, p, p))),
+            "parcel_id": (("patch", "y", "x"), da.zeros((n, p, p), "int32", chunks=(1, p, p))),
+            "dates": (("patch", "time"), dates.astype("datetime64[ns]")),
+            "clear": (("patch", "time"), clear.astype("float32")),
+        },
+        coords={
+            "band": ("band", np.array(list(bands), dtype=object)),
+            "tile": ("patch", patches["tile"].astype(str).to_numpy(dtype=object)),
+            "row": ("patch", patches["row"].to_numpy("int32")),
+            "col": ("patch", patches["col"].to_numpy("int32")),
+            "split": ("patch", patches["split"].astype(str).to_numpy(dtype=object)),
+            "epsg": ("patch", patches["epsg"].to_numpy("int32")),
+            "x0": ("patch", patches["x0"].to_numpy("float64")),
+            "y0": ("patch", patches["y0"].to_numpy("float64")),
+        },
+        attrs={"format": STORE_FORMAT, "format_version": STORE_VERSION, "complete": False, **attrs},
+    )
+    enc = {
+        "s2": {"compressors": [CODEC], "chunks": (1, t, b, p, p)},
+        "label": {"compressors": [CODEC], "chunks": (1, p, p)},
+        "parcel_id": {"compressors": [CODEC], "chunks": (1, p, p)},
+        "dates": {"units": "days since 1970-01-01", "dtype": "int64"},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+        ds.to_zarr(path, mode="w", zarr_format=3, compute=False, consolidated=False, encoding=enc)
+
+
+def write_patches(
+    path: str | os.PathLike,
+    index: Sequence[int],
+    s2: np.ndarray,
+    label: np.ndarray,
+    parcel_id: np.ndarray,
+) -> None:
+    """Write whole patches (whole chunks) at store positions ``index``.
+
+    ``s2`` is (k, T_tile, band, y, x); it is zero-padded to the store's time length so each
+    write covers its chunk entirely.
+    """
+    g = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    arr_s2, arr_label, arr_pid = g["s2"], g["label"], g["parcel_id"]
+    t_store = arr_s2.shape[1]
+    for k, i in enumerate(index):
+        patch = s2[k]
+        if patch.shape[0] < t_store:
+            pad = np.zeros((t_store,) + patch.shape[1:], dtype=patch.dtype)
+            pad[: patch.shape[0]] = patch
+            patch = pad
+        arr_s2[int(i)] = patch
+        arr_label[int(i)] = label[k]
+        arr_pid[int(i)] = parcel_id[k]
+
+
+def write_marker(path: str | os.PathLike, key: str, info: Mapping[str, Any]) -> None:
+    """Record that task ``key`` finished (atomic rename, so a marker is never half-written)."""
+    d = Path(path) / MARKER_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(info, f)
+    os.replace(tmp, d / f"{key}.json")
+
+
+def read_markers(path: str | os.PathLike) -> dict[str, dict]:
+    d = Path(path) / MARKER_DIR
+    if not d.exists():
+        return {}
+    out = {}
+    for f in sorted(d.glob("*.json")):
+        try:
+            out[f.stem] = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # a damaged marker is ignored: its task is simply redone
+    return out
+
+
+def finalize(path: str | os.PathLike, attrs: Mapping[str, Any]) -> None:
+    """Set the final attributes (statistics, summary) and mark the store complete, last."""
+    g = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    g.attrs.update({**attrs, "complete": True})
+
+
+def open_store(path: str | os.PathLike, require_complete: bool = True) -> xr.Dataset:
+    """Open a patch store lazily with xarray, checking it is one of ours and complete."""
+    state = store_state(path)
+    if state != "ours":
+        raise StoreError(f"{path} is not a crop2seg patch store ({state})")
+    ds = xr.open_zarr(str(path), consolidated=False, zarr_format=3)
+    if require_complete and not ds.attrs.get("complete"):
+        raise StoreError(
+            f"{path} is an incomplete patch store (its build was interrupted or failed); "
+            "re-run crop2seg-build-dataset with the same arguments to finish it"
+        )
+    return ds

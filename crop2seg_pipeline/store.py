@@ -106,9 +106,9 @@ def create_skeleton(
     b, p = len(bands), patch_size
     ds = xr.Dataset(
         {
-            "s2": (("patch", "time", "band", "y", "x"), da.zeros((n, t, b, p, p), "uint16", chunks=(1, t, b, p, p))),
-            "label": (("patch", "y", "x"), da.zeros((n, p, p), "uint8", chunks=(1, p, p))),
-            "parcel_id": (("patch", "y", "x"), da.zeros((n, p, p), "int32", chunks=(1, p, p))),
+            "s2": (("patch", "time", "band", "y", "x"), da.zeros((n, t, b, p, p), dtype="uint16", chunks=(1, t, b, p, p))),
+            "label": (("patch", "y", "x"), da.zeros((n, p, p), dtype="uint8", chunks=(1, p, p))),
+            "parcel_id": (("patch", "y", "x"), da.zeros((n, p, p), dtype="int32", chunks=(1, p, p))),
             "dates": (("patch", "time"), dates.astype("datetime64[ns]")),
             "clear": (("patch", "time"), clear.astype("float32")),
         },
@@ -125,9 +125,10 @@ def create_skeleton(
         attrs={"format": STORE_FORMAT, "format_version": STORE_VERSION, "complete": False, **attrs},
     )
     enc = {
-        "s2": {"compressors": [CODEC], "chunks": (1, t, b, p, p)},
-        "label": {"compressors": [CODEC], "chunks": (1, p, p)},
-        "parcel_id": {"compressors": [CODEC], "chunks": (1, p, p)},
+        # 0 is a real value (nodata DN, Background, no parcel), not a mask: no _FillValue
+        "s2": {"compressors": [CODEC], "chunks": (1, t, b, p, p), "_FillValue": None},
+        "label": {"compressors": [CODEC], "chunks": (1, p, p), "_FillValue": None},
+        "parcel_id": {"compressors": [CODEC], "chunks": (1, p, p), "_FillValue": None},
         "dates": {"units": "days since 1970-01-01", "dtype": "int64"},
     }
     with warnings.catch_warnings():
@@ -189,6 +190,9 @@ def finalize(path: str | os.PathLike, attrs: Mapping[str, Any]) -> None:
     """Set the final attributes (statistics, summary) and mark the store complete, last."""
     g = zarr.open_group(str(path), mode="r+", zarr_format=3)
     g.attrs.update({**attrs, "complete": True})
+    with warnings.catch_warnings():  # consolidated metadata is a zarr-python extension in v3
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(path), zarr_format=3)
 
 
 def open_store(path: str | os.PathLike, require_complete: bool = True) -> xr.Dataset:
@@ -196,7 +200,9 @@ def open_store(path: str | os.PathLike, require_complete: bool = True) -> xr.Dat
     state = store_state(path)
     if state != "ours":
         raise StoreError(f"{path} is not a crop2seg patch store ({state})")
-    ds = xr.open_zarr(str(path), consolidated=False, zarr_format=3)
+    with warnings.catch_warnings():  # markers and footprints live beside the arrays
+        warnings.filterwarnings("ignore", message=".*not recognized as a component.*")
+        ds = xr.open_zarr(str(path), zarr_format=3)
     if require_complete and not ds.attrs.get("complete"):
         raise StoreError(
             f"{path} is an incomplete patch store (its build was interrupted or failed); "

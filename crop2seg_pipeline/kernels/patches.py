@@ -34,6 +34,8 @@ def patch_class_counts(label: np.ndarray, patch_size: int, n_classes: int = N_CL
     """
     v = _patch_view(label, patch_size)
     nr, nc = v.shape[:2]
+    if nr * nc == 0:
+        return np.zeros((nr, nc, n_classes), dtype=np.int64)
     flat = v.reshape(nr * nc, -1).astype(np.int64)
     offs = (np.arange(nr * nc, dtype=np.int64) * n_classes)[:, None]
     counts = np.bincount((flat + offs).ravel(), minlength=nr * nc * n_classes)
@@ -43,6 +45,8 @@ def patch_class_counts(label: np.ndarray, patch_size: int, n_classes: int = N_CL
 def patch_fraction(mask: np.ndarray, patch_size: int) -> np.ndarray:
     """Fraction of True pixels in each whole patch: (T, H, W) bool -> (T, nr, nc) float32."""
     v = _patch_view(mask, patch_size)
+    if v.size == 0:
+        return np.zeros(v.shape[:-2], dtype=np.float32)
     return v.mean(axis=(-1, -2), dtype=np.float64).astype(np.float32)
 
 

@@ -367,7 +367,9 @@ def build_dataset(
             "patch_size": P,
             "resolution": 10.0,
             "software": f"crop2seg-pipeline {__version__}",
-            "build_parameters": _jsonable(dataclasses.asdict(cfg) | {"items": _describe_items(cfg.items)}),
+            "build_parameters": _jsonable(
+                {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"} | {"items": _describe_items(cfg.items)}
+            ),
             "source_items": [it["id"] for it in sel],
             "pixel_convention": "x0, y0: upper-left corner of the patch; pixel (i, j) covers x0+j*res .. x0+(j+1)*res",
         }

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time as _time
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,23 +49,26 @@ class RetryingReader(AutoParallelRioReader):
                   "Assets must have exactly 1 band")
 
     def read(self, window, **kwargs):  # noqa: D102 (see class docstring)
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             try:
                 return super().read(window, **kwargs)
             except Exception as e:  # stackstac wraps GDAL errors in RuntimeError
                 text = str(e)
-                permanent = any(p in text for p in self._PERMANENT)
-                if permanent or attempt == self.retries:
-                    tried = "" if permanent else f" after {attempt + 1} attempts"
-                    raise ReadError(
-                        f"cannot read {self.url!r}{tried}: {text}. Check that the file exists, is "
-                        "readable and is a valid single-band GeoTIFF/JPEG2000, or drop its item."
-                    ) from None
-                log.warning("read of %s failed (attempt %d), retrying: %s", self.url, attempt + 1, text)
-                with self._dataset_lock:
-                    self._dataset = None
-                _time.sleep(self.backoff_s * 2**attempt)
-        raise AssertionError("unreachable")
+            permanent = any(p in text for p in self._PERMANENT)
+            if permanent or attempt == self.retries:
+                break
+            log.warning("read of %s failed (attempt %d), retrying: %s", self.url, attempt + 1, text)
+            with self._dataset_lock:
+                self._dataset = None
+            time.sleep(self.backoff_s * 2**attempt)
+            attempt += 1
+        # raised outside the except block: no chained GDAL exception that might not unpickle
+        tried = "" if permanent else f" after {attempt + 1} attempts"
+        raise ReadError(
+            f"cannot read {self.url!r}{tried}: {text}. Check that the file exists, is readable "
+            "and is a valid single-band GeoTIFF/JPEG2000, or drop its item."
+        )
 
 
 def cube_grid(

@@ -1,0 +1,27 @@
+"""``python -m crop2seg_pipeline COMMAND ...``: every command of the package in one group."""
+
+from __future__ import annotations
+
+import click
+
+from .cli import build_dataset_cmd, demo_scene_cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """crop2seg-pipeline: Sentinel-2 time series + LPIS parcels -> crop-type maps, on Dask."""
+
+
+main.add_command(demo_scene_cmd, "demo-scene")
+main.add_command(build_dataset_cmd, "build-dataset")
+
+try:  # training commands live beside the models
+    from .cli_models import evaluate_cmd, train_cmd
+
+    main.add_command(train_cmd, "train")
+    main.add_command(evaluate_cmd, "evaluate")
+except ImportError:  # pragma: no cover
+    pass
+
+if __name__ == "__main__":
+    main()

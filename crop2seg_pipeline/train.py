@@ -1,0 +1,580 @@
+"""Train a U-TAE on a Zarr patch store: resumable, deterministic for a seed on CPU.
+
+>>> from crop2seg_pipeline.train import train
+>>> summary = train("patches.zarr", "runs/utae-small", model="utae-small", epochs=10)  # doctest: +SKIP
+>>> summary["best_val_miou"], summary["weights_dir"]                                   # doctest: +SKIP
+
+What a run writes into ``out_dir``:
+
+``weights.pt`` + ``model.json``
+    the best epoch so far (highest validation mIoU; the last epoch when the store has no
+    ``val`` split), as a weights folder (:func:`crop2seg_pipeline.models.save_weights`):
+    bands, normalization (the store's train statistics), class names, reference date, patch
+    size and a ``training`` summary. ``crop2seg_pipeline.models.load_model(out_dir)`` loads it.
+``last.pt``
+    the state after the last finished epoch, a plain dict (``model`` and ``optimizer`` state
+    dicts, ``epoch``, ``best_score``, ``best_epoch``, ``history``, ``settings``) readable with
+    ``torch.load(..., weights_only=True)``. Running the same command again continues from it;
+    finished epochs are never redone. A run with other settings (model, lr, batch size, seed,
+    augmentation, store...) into the same folder is refused.
+
+Randomness (initialisation, sample order, augmentation, temporal dropout, dropout layers) is
+drawn from generators seeded by ``(seed, epoch)`` and ``(seed, epoch, patch)``, independent of
+the number of DataLoader workers; so an interrupted-and-resumed run ends with the same weights as
+an uninterrupted one (bit-identical on CPU).
+
+Data loading is the usual time sink: every epoch logs the share of step time spent waiting for
+the next batch (``data wait``); raise ``num_workers`` when it is above ~10 %.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .dataset import PatchDataset, collate_patches
+from .errors import Crop2SegError, StoreError
+from .evaluate import confusion_over, resolve_device, weighted_cross_entropy
+from .kernels.metrics import metrics_from_confusion
+from .models import CheckpointError, build_model, load_model, load_reference_state_dict, save_weights
+from .models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, _head_prefixes
+from .nomenclature import CLASS_NAMES, N_CLASSES, NOT_CLASSIFIED
+from .store import open_store
+
+__all__ = [
+    "train",
+    "TrainTransform",
+    "EpochStats",
+    "class_weights",
+    "make_loader",
+    "default_workers",
+    "intra_op_threads",
+    "run_epoch",
+    "LAST_FILE",
+]
+
+log = logging.getLogger(__name__)
+
+LAST_FILE = "last.pt"
+LAST_FORMAT = 1
+DEFAULT_EPOCHS = 25
+DEFAULT_BATCH_SIZE = 4
+
+
+# ----------------------------------------------------------------------------- randomness
+
+
+def _seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (``SeedSequence`` hashing)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class TrainTransform:
+    """Training-time augmentation of one :class:`PatchDataset` sample.
+
+    * a random element of the dihedral group (rot90 k times, then an optional horizontal flip),
+      the same for ``s2``, ``label`` and ``parcel_id`` (square patches only for rotations);
+    * temporal dropout: each date is dropped with probability ``temporal_dropout`` (at least one
+      date is always kept).
+
+    The random draw depends only on ``(seed, epoch, patch index)``: set :attr:`epoch` before each
+    epoch. The object is picklable, so it works in DataLoader worker processes.
+    """
+
+    def __init__(self, seed: int = 0, augment: bool = True, temporal_dropout: float = 0.0):
+        if not 0.0 <= temporal_dropout < 1.0:
+            raise Crop2SegError(f"temporal dropout must be in [0, 1), got {temporal_dropout}")
+        self.seed = int(seed)
+        self.augment = bool(augment)
+        self.temporal_dropout = float(temporal_dropout)
+        self.epoch = 0
+
+    def __call__(self, sample: dict) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, int(sample["index"])])
+        if self.augment:
+            k, flip = int(rng.integers(4)), bool(rng.integers(2))
+            h, w = sample["label"].shape[-2:]
+            if h != w:
+                k = 2 * (k % 2)  # rot 180 keeps the shape
+            for key in ("s2", "label", "parcel_id"):
+                v = sample[key]
+                if k:
+                    v = torch.rot90(v, k, dims=(-2, -1))
+                if flip:
+                    v = torch.flip(v, dims=(-1,))
+                sample[key] = v.contiguous()
+        if self.temporal_dropout > 0:
+            t = sample["s2"].shape[0]
+            keep = rng.random(t) >= self.temporal_dropout
+            if not keep.any():
+                keep[rng.integers(t)] = True
+            if not keep.all():
+                idx = torch.from_numpy(np.flatnonzero(keep))
+                for key in ("s2", "positions", "clear"):
+                    if key in sample:
+                        sample[key] = sample[key].index_select(0, idx)
+        return sample
+
+
+def default_workers(device: torch.device) -> int:
+    """DataLoader workers when not given: 0 on CPU, ``min(4, CPUs - 1)`` with CUDA.
+
+    On CPU the model's own step dominates (reading and decoding a patch is a few % of it) and
+    worker processes compete with PyTorch's intra-op threads for the same cores; on a GPU the
+    step is fast and loading must overlap with it.
+    """
+    return 0 if device.type == "cpu" else max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+@contextlib.contextmanager
+def intra_op_threads(device: torch.device, num_workers: int):
+    """On CPU with workers, leave one core per worker: ``torch.set_num_threads(CPUs - workers)``
+    for the duration, restored afterwards (oversubscribed OpenMP threads spin and can make a
+    step several times slower)."""
+    before = torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    if device.type == "cpu" and num_workers > 0 and before + num_workers > cores:
+        torch.set_num_threads(max(1, cores - num_workers))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # one process per core: no intra-op oversubscription
+
+
+def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool, num_workers: int,
+                seed: int = 0, epoch: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader over patches, batches padded in time by :func:`collate_patches`.
+
+    The sample order depends only on ``(seed, epoch)``.
+    """
+    gen = torch.Generator()
+    gen.manual_seed(_seed(seed, epoch, 1))
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs.update(worker_init_fn=_worker_init, prefetch_factor=4)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+        collate_fn=collate_patches, generator=gen, pin_memory=pin_memory, drop_last=False, **kwargs)
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def class_weights(counts: Sequence[int], ignore_index: int | None = NOT_CLASSIFIED) -> torch.Tensor:
+    """Inverse square root class frequencies, normalized to a mean of 1 per labelled pixel.
+
+    ``w_c = 1 / sqrt(n_c)`` for classes with pixels, 0 for absent classes and ``ignore_index``;
+    then scaled so that ``sum(w_c n_c) / sum(n_c) = 1`` (the loss keeps the scale of an
+    unweighted cross-entropy).
+    """
+    n = np.asarray(counts, dtype=np.float64)
+    if ignore_index is not None and 0 <= ignore_index < len(n):
+        n[ignore_index] = 0
+    w = np.where(n > 0, 1.0 / np.sqrt(np.maximum(n, 1)), 0.0)
+    if n.sum() > 0:
+        w /= (w * n).sum() / n.sum()
+    return torch.tensor(w, dtype=torch.float32)
+
+
+@dataclass
+class EpochStats:
+    """Timing and loss of one pass over a loader."""
+
+    loss: float | None
+    n_patches: int
+    n_steps: int
+    seconds: float
+    wait_seconds: float
+
+    @property
+    def patches_per_s(self) -> float:
+        return self.n_patches / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def wait_share(self) -> float:
+        """Share of the step time spent waiting for the next batch (data loading)."""
+        return self.wait_seconds / self.seconds if self.seconds > 0 else float("nan")
+
+
+def run_epoch(model: torch.nn.Module, loader: torch.utils.data.DataLoader, weight: torch.Tensor,
+              optimizer: torch.optim.Optimizer, device: torch.device, max_steps: int | None = None,
+              ignore_index: int = NOT_CLASSIFIED) -> EpochStats:
+    """One training pass; returns the pixel-weighted mean loss and the time split.
+
+    Batches without any weighted pixel (only ``Not classified``/absent classes) are skipped.
+    """
+    model.train()
+    loss_sum, weight_sum, n_patches, steps, wait = 0.0, 0.0, 0, 0, 0.0
+    sync = device.type == "cuda"
+    t_start = time.perf_counter()
+    it = iter(loader)
+    while max_steps is None or steps < max_steps:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        wait += time.perf_counter() - t0
+        x = batch["s2"].to(device, non_blocking=True)
+        pos = batch["positions"].to(device, non_blocking=True)
+        y = batch["label"].to(device, non_blocking=True)
+        logits = model(x, pos)
+        s, w = weighted_cross_entropy(logits, y, weight, ignore_index)
+        if float(w) > 0:
+            optimizer.zero_grad(set_to_none=True)
+            (s / w).backward()
+            optimizer.step()
+            loss_sum += float(s.detach())
+            weight_sum += float(w)
+        if sync:
+            torch.cuda.synchronize(device)
+        n_patches += x.shape[0]
+        steps += 1
+    return EpochStats(loss=loss_sum / weight_sum if weight_sum > 0 else None, n_patches=n_patches,
+                      n_steps=steps, seconds=time.perf_counter() - t_start, wait_seconds=wait)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _load_last(path: Path) -> dict[str, Any]:
+    try:
+        last = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader error means an unusable file
+        raise CheckpointError(f"{path} cannot be read ({type(exc).__name__}: {exc}); delete it to "
+                              "start the run over") from None
+    if not isinstance(last, dict) or last.get("format") != LAST_FORMAT or "model" not in last:
+        raise CheckpointError(f"{path} is not a crop2seg training state; delete it to start over")
+    return last
+
+
+def _settings_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def _finetune_into(model: torch.nn.Module, source: str | os.PathLike, say: Callable[[str], Any]) -> None:
+    """Initialise ``model`` from a weights folder or a (PASTIS) checkpoint file."""
+    path = Path(source)
+    if path.is_dir():
+        if (path / CONFIG_FILE).is_file():
+            ref, _ = load_model(path)
+            state: Any = ref.state_dict()
+        else:
+            state = path / WEIGHTS_FILE
+    else:
+        state = path
+    if not isinstance(state, dict) and not Path(state).is_file():
+        raise CheckpointError(f"--finetune {source}: no such weights folder or checkpoint file")
+    not_loaded = load_reference_state_dict(model, state)
+    own = model.state_dict()
+    prefixes = tuple(_head_prefixes(model))
+    head = [k for k in not_loaded if k.startswith(prefixes)]
+    body = [k for k in not_loaded if k not in head]
+    if body:
+        raise CheckpointError(
+            f"--finetune {source} does not fit the chosen model: {len(body)} of {len(own)} "
+            f"entries are missing or have another shape (e.g. {', '.join(body[:3])}); pick the "
+            "--model preset the checkpoint was trained with")
+    say(f"fine-tuning from {source}" + (f" (classification head re-initialised: {len(head)} "
+                                        "entries)" if head else ""))
+
+
+def _count_train_pixels(store: str, indices: np.ndarray) -> list[int]:
+    import zarr
+
+    arr = zarr.open_group(str(store), mode="r", zarr_format=3)["label"]
+    counts = np.zeros(N_CLASSES, np.int64)
+    for i in indices:
+        counts += np.bincount(np.asarray(arr[int(i)]).ravel(), minlength=N_CLASSES)[:N_CLASSES]
+    return counts.tolist()
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def _fmt_pct(v: float | None) -> str:
+    return "  n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:5.1f}"
+
+
+def train(
+    dataset_store: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    model: str = "utae-small",
+    epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    lr: float = 1e-3,
+    device: str | torch.device = "auto",
+    finetune: str | os.PathLike | None = None,
+    seed: int = 0,
+    num_workers: int | None = None,
+    temporal_dropout: float = 0.0,
+    augment: bool = True,
+    progress: Callable[[str], Any] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume training) a U-TAE on the ``train`` split of a patch store.
+
+    Args:
+        dataset_store: a complete Zarr patch store (``crop2seg-build-dataset``).
+        out_dir: run folder (created); receives ``weights.pt``/``model.json`` (best epoch) and
+            ``last.pt`` (resume state).
+        model: preset, ``"utae-small"`` (~90 k parameters, CPU friendly) or ``"utae"`` (the
+            published 1.1 M parameter configuration).
+        epochs: total number of epochs of the run (a re-run with a larger value continues).
+        batch_size: patches per step; dates are zero-padded to the longest series of a batch.
+        lr: Adam learning rate.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        finetune: initial weights: a weights folder, or a reference (PASTIS) U-TAE checkpoint
+            file; the classification head is re-initialised when its class count differs.
+            Ignored when resuming from ``last.pt``.
+        seed: seed of every random draw (same seed, same weights on CPU).
+        num_workers: DataLoader worker processes (0: load in the main process; None:
+            :func:`default_workers`, 0 on CPU and up to 4 with CUDA).
+        temporal_dropout: probability of dropping each date of a training sample.
+        augment: random flips / 90-degree rotations of training patches.
+        progress: callable receiving one message per epoch (default: ``logging``).
+
+    Returns:
+        a summary dict: ``weights_dir``, ``epochs`` (completed), ``epochs_run`` (this call),
+        ``resumed_from``, ``best_epoch``, ``best_val_miou``, ``best_val_overall_accuracy``,
+        ``history`` (one dict per epoch: loss, val_loss, val_overall_accuracy, val_miou,
+        seconds, patches_per_s, data_wait_share), ``device``, ``n_train``, ``n_val``,
+        ``parameters``, ``seconds``.
+
+    Raises:
+        StoreError: not a complete store, no ``train`` patch, patch size unfit for the model.
+        CheckpointError: unusable ``--finetune`` checkpoint or ``last.pt``.
+        Crop2SegError: invalid settings, or ``out_dir`` holds a run with other settings.
+    """
+    say = progress or log.info
+    t_call = time.perf_counter()
+    if epochs < 1:
+        raise Crop2SegError(f"epochs must be >= 1, got {epochs}")
+    if batch_size < 1:
+        raise Crop2SegError(f"batch size must be >= 1, got {batch_size}")
+    if not lr > 0:
+        raise Crop2SegError(f"learning rate must be > 0, got {lr}")
+    dev = resolve_device(device)
+    if num_workers is None:
+        num_workers = default_workers(dev)
+    if num_workers < 0:
+        raise Crop2SegError(f"workers must be >= 0, got {num_workers}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise Crop2SegError(f"--out {out} exists and is not a folder")
+
+    # --- data: the store is read lazily, one patch at a time, through PatchDataset
+    store = open_store(dataset_store)
+    attrs = dict(store.attrs)
+    splits = np.array(store["split"].values.tolist(), dtype=str)  # StringDType-safe
+    bands = [str(b) for b in store["band"].values]
+    patch_h, patch_w = int(store.sizes["y"]), int(store.sizes["x"])
+    transform = TrainTransform(seed=seed, augment=augment, temporal_dropout=temporal_dropout)
+    train_ds = PatchDataset(dataset_store, split="train", transform=transform)
+    val_ds = None
+    if (splits == "val").any():
+        val_ds = PatchDataset(dataset_store, split="val", mean=train_ds.mean, std=train_ds.std,
+                              reference_date=train_ds.reference_date)
+    else:
+        say(f"{dataset_store} has no 'val' patch: the last epoch is kept as the model")
+    counts = (attrs.get("class_pixel_counts") or {}).get("train")
+    if counts is None:
+        say("store has no class_pixel_counts attribute: counting train label pixels")
+        counts = _count_train_pixels(str(dataset_store), train_ds.indices)
+    if len(counts) != N_CLASSES:
+        raise StoreError(f"{dataset_store}: class_pixel_counts['train'] has {len(counts)} entries, "
+                         f"expected {N_CLASSES}")
+    weight = class_weights(counts, NOT_CLASSIFIED)
+    if not (weight > 0).any():
+        raise StoreError(f"{dataset_store}: the train split has no labelled pixel (all classes "
+                         "absent or 'Not classified')")
+    class_names = list(attrs.get("class_names") or CLASS_NAMES)
+
+    # --- model + optimizer, initialised from the seed only
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(seed, 0, 0))
+        net = build_model(model, n_classes=N_CLASSES, input_dim=len(bands))
+    if patch_h % net.downscale or patch_w % net.downscale:
+        raise StoreError(f"patches of {dataset_store} are {patch_h} x {patch_w} px; model {model!r} "
+                         f"needs multiples of {net.downscale}")
+    if finetune is not None and not (out / LAST_FILE).exists():
+        _finetune_into(net, finetune, say)
+    net.to(dev)
+    weight = weight.to(dev)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    n_params = sum(p.numel() for p in net.parameters())
+
+    settings = {
+        "store": str(Path(dataset_store).resolve()),
+        "store_fingerprint": attrs.get("fingerprint"),  # a store rebuilt with other inputs differs
+        "model": model,
+        "config": net.config,
+        "batch_size": int(batch_size),
+        "lr": float(lr),
+        "seed": int(seed),
+        "temporal_dropout": float(temporal_dropout),
+        "augment": bool(augment),
+        "finetune": None if finetune is None else str(Path(finetune).resolve()),
+    }
+    settings_json = json.dumps(settings, sort_keys=True)
+
+    # --- resume
+    start_epoch, best_score, best_epoch, history = 0, -math.inf, 0, []
+    last_path = out / LAST_FILE
+    if last_path.exists():
+        last = _load_last(last_path)
+        old = json.loads(last.get("settings", "{}"))
+        diff = _settings_diff(old, settings)
+        if diff:
+            raise Crop2SegError(
+                f"{out} holds a training run with other settings ({'; '.join(diff)}); re-run with "
+                "the same settings to resume, or choose another --out")
+        net.load_state_dict(last["model"])
+        optimizer.load_state_dict(last["optimizer"])
+        start_epoch, best_score = int(last["epoch"]), float(last["best_score"])
+        best_epoch, history = int(last["best_epoch"]), list(last.get("history", []))
+        if start_epoch >= epochs:
+            say(f"{out}: {start_epoch} epochs already done (asked {epochs}); nothing to train")
+        else:
+            say(f"resuming {out} after epoch {start_epoch}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    meta_base = {
+        "bands": bands,
+        "normalization": {"mean": train_ds.mean.tolist(), "std": train_ds.std.tolist()},
+        "class_names": class_names,
+        "ignore_index": NOT_CLASSIFIED,
+        "reference_date": train_ds.reference_date.isoformat(),
+        "patch_size": patch_h,
+        "preset": model,
+        "software": f"crop2seg-pipeline {__version__}",
+    }
+
+    def training_summary(done: int) -> dict[str, Any]:
+        best = history[best_epoch - 1] if best_epoch else {}
+        return {
+            "epochs": done,
+            "epochs_planned": int(epochs),
+            "best_epoch": best_epoch,
+            "val_miou": best.get("val_miou"),
+            "val_overall_accuracy": best.get("val_overall_accuracy"),
+            "store": str(dataset_store),
+            "store_fingerprint": attrs.get("fingerprint"),
+            "n_train_patches": len(train_ds),
+            "n_val_patches": len(val_ds) if val_ds is not None else 0,
+            "seed": int(seed),
+            "lr": float(lr),
+            "batch_size": int(batch_size),
+            "temporal_dropout": float(temporal_dropout),
+            "augment": bool(augment),
+            "finetune": None if finetune is None else str(finetune),
+            "class_weights": [round(float(w), 6) for w in weight.cpu()],
+        }
+
+    say(f"training {model} ({n_params:,} parameters) on {len(train_ds)} train / "
+        f"{len(val_ds) if val_ds is not None else 0} val patches, device {dev}, "
+        f"batch {batch_size}, {num_workers} data workers")
+    pin = dev.type == "cuda"
+    epochs_run = 0
+    with intra_op_threads(dev, num_workers):
+        for epoch in range(start_epoch + 1, epochs + 1):
+            transform.epoch = epoch
+            loader = make_loader(train_ds, batch_size, True, num_workers, seed=seed, epoch=epoch, pin_memory=pin)
+            with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+                torch.manual_seed(_seed(seed, epoch, 2))
+                stats = run_epoch(net, loader, weight, optimizer, dev)
+            row: dict[str, Any] = {
+                "epoch": epoch,
+                "loss": stats.loss,
+                "seconds": round(stats.seconds, 3),
+                "patches_per_s": round(stats.patches_per_s, 3),
+                "data_wait_share": round(stats.wait_share, 4),
+                "val_loss": None, "val_overall_accuracy": None, "val_miou": None,
+            }
+            if val_ds is not None:
+                vl = make_loader(val_ds, batch_size, False, num_workers, seed=seed, epoch=epoch, pin_memory=pin)
+                res = confusion_over(net, vl, dev, N_CLASSES, NOT_CLASSIFIED, "all", loss_weight=weight)
+                m = metrics_from_confusion(res["confusion"], class_names, NOT_CLASSIFIED)
+                row.update(val_loss=res["loss"], val_overall_accuracy=m["overall_accuracy"], val_miou=m["miou"])
+                row["val_seconds"] = round(res["seconds"], 3)
+                score = m["miou"] if m["miou"] is not None else -math.inf
+            else:
+                score = float(epoch)  # no validation: the latest epoch is the best
+            history.append(row)
+            improved = score > best_score or best_epoch == 0
+            if improved:
+                best_score, best_epoch = score, epoch
+                save_weights(net, out, {**meta_base, "training": training_summary(epoch)})
+            _atomic_torch_save({
+                "format": LAST_FORMAT,
+                "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "best_score": float(best_score),
+                "best_epoch": best_epoch,
+                "history": history,
+                "settings": settings_json,
+            }, last_path)
+            epochs_run += 1
+            say(f"epoch {epoch}/{epochs}  loss {stats.loss if stats.loss is not None else float('nan'):.4f}"
+                + (f"  val loss {row['val_loss']:.4f}" if row["val_loss"] is not None else "")
+                + f"  val OA {_fmt_pct(row['val_overall_accuracy'])}%  mIoU {_fmt_pct(row['val_miou'])}%"
+                + f"  {stats.seconds:.1f} s  {stats.patches_per_s:.1f} patches/s"
+                + f"  data wait {100 * stats.wait_share:.0f}%" + ("  *best*" if improved else ""))
+
+    # refresh model.json's training summary with the final epoch count (weights unchanged)
+    done = max(start_epoch, start_epoch + epochs_run)
+    if best_epoch:
+        best_net, meta = load_model(out)
+        if meta.get("training", {}).get("epochs") != done:
+            save_weights(best_net, out, {**{k: v for k, v in meta.items()
+                                            if k not in ("architecture", "config", "format_version")},
+                                         "training": training_summary(done)})
+    best = history[best_epoch - 1] if best_epoch else {}
+    return {
+        "weights_dir": str(out),
+        "model": model,
+        "epochs": done,
+        "epochs_run": epochs_run,
+        "resumed_from": start_epoch,
+        "best_epoch": best_epoch,
+        "best_val_miou": best.get("val_miou"),
+        "best_val_overall_accuracy": best.get("val_overall_accuracy"),
+        "history": history,
+        "device": str(dev),
+        "n_train": len(train_ds),
+        "n_val": len(val_ds) if val_ds is not None else 0,
+        "parameters": n_params,
+        "seconds": round(time.perf_counter() - t_call, 3),
+    }

@@ -71,7 +71,7 @@ def demo_scene_cmd(outdir, size, n_dates, seed, parcels_crs, overwrite, verbose,
     t0 = time.perf_counter()
     try:
         scene = make_demo_scene(outdir, size=size, n_dates=n_dates, seed=seed, parcels_crs=parcels_crs,
-                                overwrite=overwrite, progress=log.info)
+                                overwrite=overwrite)
     except (Crop2SegError, ValueError) as e:
         raise _fail(e) from e
     click.echo(f"demo scene: {scene.root} ({size} x {size} px, {len(scene.dates)} dates) in {time.perf_counter() - t0:.1f} s")
@@ -134,7 +134,7 @@ def build_dataset_cmd(items, parcels, out, mapping, id_column, crop_column, laye
         scene_dir, default_out = default_demo_paths()
         click.echo(f"no --items/--parcels given: using the embedded demo scene in {scene_dir}/")
         try:
-            scene = make_demo_scene(scene_dir, size=demo_size, progress=log.info)
+            scene = make_demo_scene(scene_dir, size=demo_size)
         except Crop2SegError as e:
             raise _fail(e) from e
         items, parcels = str(scene.items), str(scene.parcels)

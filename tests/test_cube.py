@@ -168,24 +168,37 @@ def test_corrupt_cog_names_the_file(small_scene, tmp_path):
         cube["s2"].isel(time=1).sel(band="B03").values
 
 
-def test_transient_read_errors_are_retried(small_scene, tmp_path, monkeypatch):
-    """An href that fails twice and then works is read; the retry logs a warning."""
-    from crop2seg_pipeline import cube as cube_mod
+def _served_items(scene, url):
+    items = _raw_items(scene)
+    for it in items:
+        for a in it["assets"].values():
+            a["href"] = f"{url}/{a['href']}"
+    return items
 
-    calls = {"n": 0}
-    orig = cube_mod.AutoParallelRioReader.read
 
-    def flaky(self, window, **kw):
-        if "B02" in self.url and calls["n"] < 2:
-            calls["n"] += 1
-            raise RuntimeError(f"Error reading {window} from {self.url!r}: HTTP 503 (transient)")
-        return orig(self, window, **kw)
+def test_remote_cogs_transient_errors_are_retried(small_scene):
+    """COGs served over HTTP (loopback): a file that answers 503 twice is read all the same."""
+    from httpserver import serve
 
-    monkeypatch.setattr(cube_mod.AutoParallelRioReader, "read", flaky)
-    monkeypatch.setattr(cube_mod.RetryingReader, "backoff_s", 0.01)
-    items = _raw_items(small_scene)
-    cube = load_cube(small_scene.items, chunksize=256).isel(time=[0])
-    got = cube["s2"].sel(band="B02").values[0]
-    exp = _harmonize(_direct(small_scene, items[0], "B02", 0, 0, small_scene.grid.height), _offset_dn(items[0], "B02"))
-    np.testing.assert_array_equal(got, exp)
-    assert calls["n"] == 2
+    with serve(Path(small_scene.items).parent) as srv:
+        items = _served_items(small_scene, srv.url)
+        flaky = items[0]["assets"]["B02"]["href"].split(srv.url + "/")[1]
+        srv.failures[flaky] = 2
+        cube = load_cube(items, chunksize=256, check_files=False)
+        got = cube["s2"].isel(time=0).sel(band="B02").values
+        exp = _harmonize(_direct(small_scene, _raw_items(small_scene)[0], "B02", 0, 0, small_scene.grid.height),
+                         _offset_dn(items[0], "B02"))
+        np.testing.assert_array_equal(got, exp)
+        assert srv.requests[flaky] > 2 and srv.failures[flaky] == 0
+
+
+def test_remote_cog_that_keeps_failing_is_named(small_scene):
+    from httpserver import serve
+
+    with serve(Path(small_scene.items).parent) as srv:  # a new port: nothing cached by GDAL
+        items = _served_items(small_scene, srv.url)
+        broken = items[1]["assets"]["B03"]["href"].split(srv.url + "/")[1]
+        srv.failures[broken] = 10**6
+        with pytest.raises(ReadError, match=broken.replace(".", r"\.")):
+            load_cube(items, chunksize=256, check_files=False)["s2"].values
+        assert srv.requests[broken] >= 4  # GDAL and the reader retried before giving up

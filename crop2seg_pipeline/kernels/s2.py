@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def harmonize_offsets(s2: np.ndarray, offsets: Sequence[int] | np.ndarray) -> np.ndarray:
+def harmonize_offsets(s2: np.ndarray, offsets: Sequence[int] | np.ndarray, inplace: bool = False) -> np.ndarray:
     """Add a per-date DN offset to reflectance, keeping 0 as nodata.
 
     Parameters
@@ -29,10 +29,66 @@ def harmonize_offsets(s2: np.ndarray, offsets: Sequence[int] | np.ndarray) -> np
     offsets = np.asarray(offsets, dtype=np.int32)
     if not offsets.any():
         return s2
-    out = s2.astype(np.int32) + offsets[:, None, None, None]
-    np.maximum(out, 1, out=out)
-    out[s2 == 0] = 0
-    return out.astype(np.uint16)
+    out = s2 if inplace else s2.copy()
+    for t, off in enumerate(offsets.tolist()):
+        if off == 0:
+            continue
+        v = out[t]
+        nodata = v == 0
+        if off < 0:  # the usual case (-1000): clip, subtract in uint16, restore nodata
+            np.maximum(v, np.uint16(1 - off), out=v)
+            v -= np.uint16(-off)
+        else:
+            np.minimum(v, np.uint16(np.iinfo(np.uint16).max - off), out=v)
+            v += np.uint16(off)
+        v[nodata] = 0
+    return out
+
+
+def upsample2(a: np.ndarray) -> np.ndarray:
+    """Repeat each pixel 2 x 2 along the last two axes (20 m -> 10 m nearest, exact)."""
+    out = np.empty(a.shape[:-2] + (2 * a.shape[-2], 2 * a.shape[-1]), dtype=a.dtype)
+    for i in range(2):
+        for j in range(2):
+            out[..., i::2, j::2] = a
+    return out
+
+
+def assemble_bands(
+    a10: np.ndarray | None,
+    a20: np.ndarray | None,
+    *,
+    n_bands: int,
+    pos10: Sequence[int],
+    pos20: Sequence[int],
+    offsets: Sequence[int] | np.ndarray,
+    upsample20: bool,
+) -> np.ndarray:
+    """Put 10 m and 20 m band blocks into one (time, band, y, x) block and harmonize offsets.
+
+    Parameters
+    ----------
+    a10 : (time, n10, y, x) uint16 or None
+    a20 : (time, n20, y, x) uint16, or (time, n20, y/2, x/2) when ``upsample20``; or None
+    pos10, pos20 : positions of those bands on the output band axis
+    offsets : (time,) DN offsets (see :func:`harmonize_offsets`)
+    """
+    ref = a10 if a10 is not None else a20
+    t = ref.shape[0]
+    h, w = ref.shape[-2:]
+    if a10 is None and upsample20:
+        h, w = 2 * h, 2 * w
+    out = np.empty((t, n_bands, h, w), dtype=np.uint16)
+    for k, p in enumerate(pos10):  # basic slicing only: no fancy-index temporaries
+        out[:, p] = a10[:, k]
+    for k, p in enumerate(pos20):
+        if upsample20:
+            for i in range(2):
+                for j in range(2):
+                    out[:, p, i::2, j::2] = a20[:, k]
+        else:
+            out[:, p] = a20[:, k]
+    return harmonize_offsets(out, offsets, inplace=True)
 
 
 def merge_first_valid(

@@ -182,10 +182,11 @@ def _pass1_block(label: np.ndarray, scl: np.ndarray, patch_size: int, unclear: t
 
 
 def _pass2_block(
-    s2: np.ndarray,
+    items: list[dict],
+    window: Grid,
+    time_index: list[int],
     label: np.ndarray,
     parcel_id: np.ndarray,
-    scl: np.ndarray,
     *,
     store: str,
     key: str,
@@ -195,8 +196,18 @@ def _pass2_block(
     train: list[bool],
     patch_size: int,
     unclear: tuple[int, ...],
+    resampling_20m: str,
 ) -> dict:
-    """Cut the kept patches of one chunk, write them as whole chunks, then drop the marker."""
+    """One chunk, start to end, in one task: read, cut the kept patches, write them, marker last.
+
+    The chunk's cube is built and read inside the task (synchronously), so a worker thread never
+    holds more than one chunk and the graph has one small task per chunk.
+    """
+    cube = load_cube(
+        items, grid=window, chunksize=(window.height, window.width), resampling_20m=resampling_20m,
+        check_files=False,
+    ).isel(time=time_index)
+    s2, scl = dask.compute(cube["s2"].data, cube["scl"].data, scheduler="sync")
     s2p = cut_patches(s2, rows, cols, patch_size)
     write_patches(store, index, s2p, cut_patches(label, rows, cols, patch_size), cut_patches(parcel_id, rows, cols, patch_size))
     tr = np.asarray(train, dtype=bool)
@@ -383,11 +394,9 @@ def build_dataset(
     tasks, n_resumed = [], 0
     for ti, plan in enumerate(plans):
         tile = plan["tile"]
-        cube = load_cube(
-            plan["items"], chunksize=chunk, resampling_20m=cfg.resampling_20m, grid=plan["grid"]
-        ).isel(time=np.flatnonzero(plan["keep_t"]))
-        s2 = cube["s2"].data.to_delayed()
-        scl = cube["scl"].data.to_delayed()
+        grid = plan["grid"]
+        items_key = dask.delayed(plan["items"], traverse=False)  # one shared key, not a copy per task
+        time_index = np.flatnonzero(plan["keep_t"]).tolist()
         lab = plan["labels"]["label"].data.to_delayed()
         pid = plan["labels"]["parcel_id"].data.to_delayed()
         sub = patches[patches["tile"] == tile]
@@ -396,11 +405,13 @@ def build_dataset(
             if key in done and done[key].get("index") == grp.index.tolist():
                 n_resumed += len(grp)
                 continue
+            window = grid.window(by * chunk, bx * chunk, min(chunk, grid.height - by * chunk), min(chunk, grid.width - bx * chunk))
             tasks.append(dask.delayed(_pass2_block)(
-                s2[0, 0, by, bx], lab[by, bx], pid[by, bx], scl[0, by, bx],
+                items_key, window, time_index, lab[by, bx], pid[by, bx],
                 store=str(cfg.out), key=key, index=grp.index.tolist(), rows=grp["li"].tolist(),
                 cols=grp["lj"].tolist(), train=(grp["split"] == "train").tolist(), patch_size=P,
-                unclear=tuple(cfg.unclear_scl), dask_key_name=f"write-{key}-{fingerprint[:8]}",
+                unclear=tuple(cfg.unclear_scl), resampling_20m=cfg.resampling_20m,
+                dask_key_name=f"write-{key}-{fingerprint[:8]}",
             ))
     if n_resumed:
         say(f"resuming: {n_resumed} patches already written, {len(tasks)} chunks to go")

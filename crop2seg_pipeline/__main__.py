@@ -23,5 +23,12 @@ try:  # training commands live beside the models
 except ImportError:  # pragma: no cover
     pass
 
+try:  # whole-tile inference
+    from .cli_predict import predict_cmd
+
+    main.add_command(predict_cmd, "predict")
+except ImportError:  # pragma: no cover
+    pass
+
 if __name__ == "__main__":
     main()

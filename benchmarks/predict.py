@@ -1,0 +1,171 @@
+"""Benchmark whole-tile inference (not run in CI).
+
+For growing square areas of a demo scene (all its dates), measures
+
+* the whole pipeline (:func:`crop2seg_pipeline.predict.predict` on a LocalCluster: cube reads,
+  windows, model, blending, COG writing) in Mpixel/s;
+* the bare model forward in one process on the same number of windows (random inputs of the
+  same shape, batched alike), in Mpixel/s of the area those windows cover;
+* the peak resident memory of each worker (sampled with psutil through ``client.run``) and of
+  the client process.
+
+    python benchmarks/predict.py --sizes 256,512,1024 --dates 12 --out bench-predict.json
+
+Weights: ``--weights DIR`` or a randomly initialised (seeded) ``utae-small`` with 128 px windows
+(speed does not depend on the weights' values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+from crop2seg_pipeline.cube import load_cube
+from crop2seg_pipeline.demo import make_demo_scene
+from crop2seg_pipeline.kernels.windows import halo, plan_axis, preprocess, windows_touching
+from crop2seg_pipeline.models import build_model, load_model, save_weights
+from crop2seg_pipeline.nomenclature import BANDS, CLASS_NAMES
+from crop2seg_pipeline.predict import predict, read_model_spec
+
+
+def _random_weights(folder: Path, scene) -> Path:
+    cube = load_cube(scene.items, chunksize=256).isel(y=slice(0, 256), x=slice(0, 256))
+    s2 = cube["s2"].values.astype(np.float64)
+    torch.manual_seed(0)
+    model = build_model("utae-small", len(CLASS_NAMES))
+    return save_weights(model, folder, {
+        "bands": list(BANDS), "normalization": {"mean": s2.mean(axis=(0, 2, 3)), "std": s2.std(axis=(0, 2, 3))},
+        "class_names": list(CLASS_NAMES), "reference_date": "2021-09-01", "patch_size": 128, "ignore_index": 14,
+    })
+
+
+def _windows(size: int, chunk: int, P: int, stride: int) -> tuple[int, int]:
+    """(windows planned on the area, windows computed by the chunk tasks, seams counted twice)."""
+    o = plan_axis(size, P, stride)
+    bounds = list(range(0, size, chunk)) + [size]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < P:  # merged as predict does
+        bounds.pop(-2)
+    per_axis = sum(len(windows_touching(o, P, a, b)) for a, b in zip(bounds[:-1], bounds[1:]))
+    return len(o) ** 2, per_axis**2
+
+
+def _bare_model(weights: Path, n_windows: int, T: int, P: int, batch: int) -> float:
+    model, meta = load_model(weights)
+    spec = read_model_spec(weights)
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 4000, (batch, T, len(spec.bands), P, P)).astype(np.uint16)
+    pos = torch.arange(T, dtype=torch.float32)[None].expand(batch, -1) * 20
+    t0 = time.perf_counter()
+    done = 0
+    with torch.inference_mode():
+        while done < n_windows:
+            n = min(batch, n_windows - done)
+            xt = torch.from_numpy(preprocess(x[:n], spec.mean, spec.std))
+            torch.softmax(model(xt, pos[:n]), dim=1)
+            done += n
+    return time.perf_counter() - t0
+
+
+class _MemorySampler:
+    def __init__(self, client, every: float = 0.2):
+        self.client, self.every, self.peak = client, every, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                for w, rss in self.client.run(lambda: psutil.Process().memory_info().rss).items():
+                    self.peak[w] = max(self.peak.get(w, 0), rss)
+            except Exception:  # noqa: BLE001 - sampling is best effort
+                pass
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="256,512,1024", help="area sides in px (comma-separated)")
+    ap.add_argument("--dates", type=int, default=12, help="dates of the demo scene")
+    ap.add_argument("--scene", default=None, help="demo scene folder (default: a cache in the temp dir)")
+    ap.add_argument("--weights", default=None, help="weights folder (default: random utae-small, 128 px)")
+    ap.add_argument("--chunksize", type=int, default=512)
+    ap.add_argument("--overlap", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", default="bench-predict.json")
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    from distributed import Client, LocalCluster
+
+    scene_dir = Path(args.scene or Path(tempfile.gettempdir()) / f"crop2seg-bench-scene-{max(sizes)}-{args.dates}")
+    scene = make_demo_scene(scene_dir, size=max(max(sizes), 64), n_dates=args.dates, seed=0)
+    work = Path(tempfile.mkdtemp(prefix="crop2seg-bench-"))
+    weights = Path(args.weights) if args.weights else _random_weights(work / "weights", scene)
+    spec = read_model_spec(weights)
+    P, stride = spec.patch_size, spec.patch_size - args.overlap
+    g = scene.grid
+    rows = []
+    torch_threads = torch.get_num_threads()
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0") as lc, Client(lc) as client:
+        for size in sizes:
+            bbox = (g.x0, g.y0 - size * g.resolution, g.x0 + size * g.resolution, g.y0)
+            client.restart()  # fresh workers: the model load is part of the measured time
+            with _MemorySampler(client) as mem:
+                s = predict(scene.items, weights, work / f"out-{size}", bbox=bbox, bbox_crs=f"EPSG:{g.epsg}",
+                            overlap=args.overlap, batch_size=args.batch_size, chunksize=args.chunksize,
+                            client=client, progress=lambda m: None)
+            planned, computed = _windows(size, args.chunksize, P, stride)
+            bare_s = _bare_model(weights, planned, s.n_dates, P, args.batch_size)
+            mpx = size * size / 1e6
+            rows.append({
+                "size": size, "dates": s.n_dates, "chunks": s.n_chunks, "windows_planned": planned,
+                "windows_computed": computed, "pipeline_s": s.seconds, "pipeline_mpx_s": round(mpx / s.seconds, 4),
+                "bare_model_s": round(bare_s, 3), "bare_model_mpx_s": round(mpx / bare_s, 4),
+                "peak_worker_rss_mb": round(max(mem.peak.values(), default=0) / 2**20, 1),
+                "peak_worker_rss_mb_each": {w: round(v / 2**20, 1) for w, v in mem.peak.items()},
+            })
+            print(f"size {size}: pipeline {s.seconds:.1f} s, bare model {bare_s:.1f} s", file=sys.stderr)
+    client_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {
+        "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads_bare": torch_threads,
+                    "workers": args.workers, "threads_per_worker": 1},
+        "settings": {"patch_size": P, "overlap": args.overlap, "batch_size": args.batch_size,
+                     "chunksize": args.chunksize, "weights": str(weights)},
+        "client_peak_rss_mb": round(client_peak, 1),
+        "rows": rows,
+    }
+    hdr = f"{'size':>6} {'T':>3} {'chunks':>6} {'windows':>9} {'pipeline s':>10} {'Mpx/s':>7} {'bare s':>7} {'bare Mpx/s':>10} {'peak worker MB':>14}"
+    print(hdr)
+    for r in rows:
+        print(f"{r['size']:>6} {r['dates']:>3} {r['chunks']:>6} {r['windows_planned']:>4}/{r['windows_computed']:<4} "
+              f"{r['pipeline_s']:>10.2f} {r['pipeline_mpx_s']:>7.3f} {r['bare_model_s']:>7.2f} "
+              f"{r['bare_model_mpx_s']:>10.3f} {r['peak_worker_rss_mb']:>14.0f}")
+    print(f"client peak RSS {client_peak:.0f} MB; windows = planned/computed (seams computed by both chunks)")
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

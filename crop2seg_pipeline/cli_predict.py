@@ -1,0 +1,105 @@
+"""``crop2seg-predict``: a thin click wrapper over :func:`crop2seg_pipeline.predict.predict`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .cli import _floats, _setup_logging, quiet_opt, verbose_opt
+from .errors import Crop2SegError
+
+log = logging.getLogger("crop2seg_pipeline")
+
+DEMO_OUT = "prediction"
+
+
+@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.option("--items", help="STAC ItemCollection JSON (path or URL). Default: the embedded demo scene.")
+@click.option("--weights", type=click.Path(), help="Weights folder (weights.pt + model.json). Default: the shipped demo weights.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder. Default with the demo: crop2seg-demo/prediction.")
+@click.option("--parcels", type=click.Path(dir_okay=False), help="LPIS parcels to score (GPKG, SHP, GeoJSON, FlatGeobuf, GeoParquet; any CRS).")
+@click.option("--mapping", type=click.Path(dir_okay=False, exists=True), help="Crop code -> class id CSV. Default: the shipped Czech table.")
+@click.option("--id-column", default="ID_DPB", help="Parcel id attribute.")
+@click.option("--crop-column", default="KOD_PLODINY", help="Crop code attribute.")
+@click.option("--layer", default=None, help="Layer of a multi-layer parcel file.")
+@click.option("--bbox", default=None, help="Area of interest 'minx,miny,maxx,maxy' (in --bbox-crs).")
+@click.option("--bbox-crs", default="EPSG:4326", help="CRS of --bbox.")
+@click.option("--start", default=None, help="First date (YYYY-MM-DD).")
+@click.option("--end", default=None, help="Last date (YYYY-MM-DD).")
+@click.option("--overlap", default=32, type=click.IntRange(min=0), help="Overlap of neighbouring windows (px); stride = patch size - overlap.")
+@click.option("--batch-size", default=8, type=click.IntRange(min=1), help="Windows per forward pass.")
+@click.option("--device", default="auto", help="auto (CUDA where a worker has it), cpu, cuda or cuda:N.")
+@click.option("--chunksize", default=512, type=click.IntRange(min=16), help="Spatial chunk (px): the unit of work and of worker memory.")
+@click.option("--probabilities", is_flag=True, help="Also write per-class probabilities to OUT/probabilities.zarr.")
+@click.option("--cluster", default="local", help="'local', a scheduler address tcp://HOST:PORT, or a cluster spec YAML.")
+@click.option("--workers", default=None, type=int, help="Local cluster: number of workers (default: one per core).")
+@click.option("--threads-per-worker", default=None, type=int, help="Local cluster: threads per worker (default 1).")
+@click.option("--memory-limit", default=None, help="Local cluster: memory limit per worker, e.g. 4GB.")
+@click.option("--demo-size", default=1024, type=int, help="Size of the embedded demo scene when --items is not given.")
+@verbose_opt
+@quiet_opt
+def predict_cmd(items, weights, out, parcels, mapping, id_column, crop_column, layer, bbox, bbox_crs, start, end,
+                overlap, batch_size, device, chunksize, probabilities, cluster, workers, threads_per_worker,
+                memory_limit, demo_size, verbose, quiet):
+    """Map crop types over whole tiles: a U-TAE on overlapping windows of the lazy Sentinel-2 cube, on Dask.
+
+    Writes OUT/classes.tif and OUT/confidence.tif (Cloud-Optimized GeoTIFFs on the cube's grid),
+    OUT/quicklook.png, OUT/summary.json; with --parcels OUT/parcels.gpkg (declared vs predicted
+    class per parcel); with --probabilities OUT/probabilities.zarr. With no arguments, predicts
+    the embedded demo scene with the shipped demo weights.
+    """
+    _setup_logging(verbose, quiet)
+    from .build import default_demo_paths
+    from .cluster import connect
+    from .predict import default_demo_weights, predict
+
+    if weights is None:
+        weights = default_demo_weights()
+        if not (Path(weights) / "model.json").is_file():
+            raise click.ClickException(
+                f"no --weights given and the demo weights are not there: {weights} holds no model.json. "
+                "Train them with `python -m crop2seg_pipeline build-dataset` then "
+                f"`python -m crop2seg_pipeline train --dataset crop2seg-demo/patches.zarr --out {weights}` "
+                "(or pass --weights DIR)"
+            )
+    if items is None:
+        from .demo import make_demo_scene
+
+        scene_dir, _ = default_demo_paths()
+        click.echo(f"no --items given: using the embedded demo scene in {scene_dir}/")
+        try:
+            scene = make_demo_scene(scene_dir, size=demo_size, progress=log.info)
+        except Crop2SegError as e:
+            raise click.ClickException(str(e)) from e
+        items = str(scene.items)
+        if parcels is None:
+            parcels, mapping = str(scene.parcels), mapping or str(scene.mapping)
+        out = out or str(scene_dir.parent / DEMO_OUT)
+    if out is None:
+        raise click.UsageError("--out is required with --items")
+    try:
+        with connect(cluster, n_workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit) as client:
+            click.echo(f"Dask dashboard: {client.dashboard_link}")
+            summary = predict(
+                items, weights, out, parcels=parcels, mapping=mapping, id_column=id_column, crop_column=crop_column,
+                layer=layer, bbox=_floats(bbox, 4, "--bbox"), bbox_crs=bbox_crs, start=start, end=end,
+                overlap=overlap, batch_size=batch_size, device=device, chunksize=chunksize,
+                probabilities=probabilities, client=client,
+            )
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: nothing final was written (outputs appear when every chunk is done)", err=True)
+        sys.exit(130)
+    except Crop2SegError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(summary.format())
+
+
+def main() -> None:  # pragma: no cover
+    predict_cmd()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,240 @@
+"""Sliding-window inference kernels (pure numpy/torch: no dask, xarray or I/O).
+
+The pieces of whole-tile inference, each testable on its own:
+
+* :func:`preprocess` and :func:`date_positions`: *the* model input transform, shared by training
+  (the torch ``Dataset``) and inference so that a model is always fed the way it was trained;
+* :func:`plan_axis` / :func:`windows_touching` / :func:`halo`: where the ``size`` x ``size``
+  windows sit. Windows are planned once on the *global* grid of the scene (origins ``0, stride,
+  2 * stride, ...``, the last one shifted back to end exactly on the edge, never dropped), so the
+  windows -- and therefore the predictions -- do not depend on how the scene is chunked;
+* :func:`blend_weights`: separable ramp weights that fall off towards window edges (with a floor
+  > 0, so a pixel covered by a single window edge still gets a prediction);
+* :func:`predict_block`: run a model over the windows touching one block's core, in batches,
+  softmax, and accumulate the weighted probabilities of the core only (the halo is trimmed).
+
+Pixel convention: array index ``[..., i, j]``; a window with origin ``(r, c)`` covers rows
+``r .. r + size - 1`` and columns ``c .. c + size - 1``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "preprocess",
+    "date_positions",
+    "plan_axis",
+    "windows_touching",
+    "halo",
+    "blend_weights",
+    "predict_block",
+    "masked_softmax",
+    "classes_of",
+    "confidence_of",
+]
+
+
+# ----------------------------------------------------------------------------- model inputs
+
+
+def preprocess(s2: np.ndarray, mean: Sequence[float] | np.ndarray, std: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Standardize uint16 DN reflectance per band: ``(x - mean) / std`` as float32.
+
+    Parameters
+    ----------
+    s2
+        ``(..., time, band, y, x)`` reflectance DN (uint16; 0 = nodata is standardized like any
+        value, exactly as during training).
+    mean, std
+        Per-band statistics (``band`` entries, in the order of the band axis). A ``std`` of 0
+        (a constant band) is replaced by 1.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array of the same shape.
+    """
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
+    if mean.ndim != 1 or mean.shape != std.shape:
+        raise ValueError(f"mean and std must be 1-D of equal length, got {mean.shape} and {std.shape}")
+    if s2.ndim < 4 or s2.shape[-3] != mean.size:
+        raise ValueError(f"s2 must be (..., time, band, y, x) with {mean.size} bands, got {s2.shape}")
+    std = np.where(std > 0, std, np.float32(1.0)).astype(np.float32)
+    x = np.asarray(s2, dtype=np.float32)
+    return (x - mean[:, None, None]) / std[:, None, None]
+
+
+def date_positions(dates: Sequence | np.ndarray, reference_date: str | dt.date | np.datetime64) -> np.ndarray:
+    """Whole days from ``reference_date`` to each date, as float32 (the U-TAE ``batch_positions``).
+
+    Times of day are dropped (``datetime64[D]``) before the difference.
+    """
+    d = np.asarray(dates).astype("datetime64[D]")
+    ref = np.datetime64(str(reference_date)[:10], "D")
+    return (d - ref).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- window planning
+
+
+def plan_axis(n: int, size: int, stride: int) -> np.ndarray:
+    """Window origins along an axis of ``n`` pixels: ``0, stride, ...``, last one ending at ``n``.
+
+    Every pixel is covered. When ``n <= size`` there is one window at 0 (which extends beyond
+    ``n`` when ``n < size``: the caller pads the data).
+    """
+    if size < 1 or not 1 <= stride <= size:
+        raise ValueError(f"need 1 <= stride <= size, got size={size}, stride={stride}")
+    if n < 1:
+        raise ValueError(f"axis length must be >= 1, got {n}")
+    if n <= size:
+        return np.zeros(1, dtype=np.int64)
+    last = n - size
+    origins = np.arange(0, last + 1, stride, dtype=np.int64)
+    if origins[-1] != last:
+        origins = np.append(origins, last)  # shifted back to the edge, never dropped
+    return origins
+
+
+def windows_touching(origins: np.ndarray, size: int, start: int, stop: int) -> np.ndarray:
+    """The origins whose window ``[o, o + size)`` intersects ``[start, stop)`` (kept in order)."""
+    origins = np.asarray(origins, dtype=np.int64)
+    return origins[(origins < stop) & (origins + size > start)]
+
+
+def halo(origins: np.ndarray, size: int, bounds: Sequence[int]) -> tuple[int, int]:
+    """(before, after): how far the windows touching any block reach beyond that block.
+
+    ``bounds`` are the block edges along the axis (``0, c1, c1 + c2, ..., n``). The result is the
+    smallest overlap depth that gives each block every window touching its core.
+    """
+    before = after = 0
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        w = windows_touching(origins, size, a, b)
+        if w.size:
+            before = max(before, int(a - w.min()))
+            after = max(after, int(w.max() + size - b))
+    return before, after
+
+
+def blend_weights(size: int, overlap: int, floor: float = 0.05) -> np.ndarray:
+    """``(size, size)`` float32 weights: 1 in the middle, a linear ramp over ``overlap`` pixels
+    at each edge down to ``floor`` (> 0); the outer product of a 1-D ramp.
+
+    ``w1(i) = clip((min(i, size - 1 - i) + 1) / (overlap + 1), floor, 1)``.
+    """
+    if not 0 < floor <= 1:
+        raise ValueError(f"floor must be in (0, 1], got {floor}")
+    i = np.arange(size, dtype=np.float64)
+    d = np.minimum(i, size - 1 - i) + 1
+    w1 = np.clip(d / (max(int(overlap), 0) + 1), floor, 1.0)
+    return np.outer(w1, w1).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def masked_softmax(logits, ignore_index: int | None = None):
+    """Softmax over the class axis (1) of a torch tensor; ``ignore_index`` gets probability 0."""
+    import torch
+
+    if ignore_index is not None and 0 <= ignore_index < logits.shape[1]:
+        logits = logits.clone()
+        logits[:, ignore_index] = float("-inf")
+    return torch.softmax(logits.float(), dim=1)
+
+
+def predict_block(
+    s2: np.ndarray,
+    positions: np.ndarray,
+    forward: Callable,
+    *,
+    mean: np.ndarray,
+    std: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    size: int,
+    weights: np.ndarray,
+    core: tuple[int, int, int, int],
+    n_classes: int,
+    batch_size: int = 8,
+    ignore_index: int | None = None,
+    device=None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blended class probabilities of a block's core from the windows touching it.
+
+    Parameters
+    ----------
+    s2
+        ``(time, band, h, w)`` uint16 block including its halo; window origins are local to it.
+    positions
+        ``(time,)`` float32 days since the model's reference date.
+    forward
+        ``forward(x, positions) -> logits``: x ``(n, time, band, size, size)`` float32 tensor,
+        positions ``(n, time)``; logits ``(n, class, size, size)`` (a U-TAE module fits).
+    mean, std
+        Per-band normalization (see :func:`preprocess`).
+    rows, cols
+        Local window origins along y and x (every pair is a window), in the order to accumulate.
+    size
+        Window side.
+    weights
+        ``(size, size)`` blend weights (:func:`blend_weights`).
+    core
+        ``(r0, r1, c0, c1)``: the block's core in local pixels; only it is accumulated/returned.
+    n_classes, batch_size, ignore_index, device
+        Number of classes, windows per forward pass, class never predicted (its probability is
+        0), torch device of the model.
+
+    Returns
+    -------
+    (probabilities, weight_sum)
+        ``(class, r1 - r0, c1 - c0)`` float32 probabilities (normalized by the weight sum) and
+        the ``(r1 - r0, c1 - c0)`` float32 weight sum (> 0 wherever a window covers the pixel).
+    """
+    import torch
+
+    r0, r1, c0, c1 = core
+    acc = np.zeros((n_classes, r1 - r0, c1 - c0), dtype=np.float32)
+    wsum = np.zeros((r1 - r0, c1 - c0), dtype=np.float32)
+    h, w = s2.shape[-2:]
+    if h < size or w < size:
+        raise ValueError(f"block {h}x{w} is smaller than the {size} px window; pad it first")
+    wins = [(int(r), int(c)) for r in rows for c in cols]
+    pos = torch.from_numpy(np.asarray(positions, dtype=np.float32))
+    for s in range(0, len(wins), batch_size):
+        part = wins[s : s + batch_size]
+        batch = np.stack([s2[..., r : r + size, c : c + size] for r, c in part])
+        x = torch.from_numpy(preprocess(batch, mean, std))
+        bp = pos[None].expand(len(part), -1)
+        if device is not None:
+            x, bp = x.to(device), bp.to(device)
+        with torch.inference_mode():
+            prob = masked_softmax(forward(x, bp), ignore_index).cpu().numpy()
+        for k, (r, c) in enumerate(part):
+            # intersection of the window with the core, in core coordinates
+            y0, y1 = max(r, r0), min(r + size, r1)
+            x0, x1 = max(c, c0), min(c + size, c1)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            wv = weights[y0 - r : y1 - r, x0 - c : x1 - c]
+            acc[:, y0 - r0 : y1 - r0, x0 - c0 : x1 - c0] += prob[k, :, y0 - r : y1 - r, x0 - c : x1 - c] * wv
+            wsum[y0 - r0 : y1 - r0, x0 - c0 : x1 - c0] += wv
+    covered = wsum > 0
+    np.divide(acc, wsum, out=acc, where=covered[None])
+    return acc, wsum
+
+
+def classes_of(probabilities: np.ndarray) -> np.ndarray:
+    """``(class, y, x)`` probabilities -> ``(y, x)`` uint8 class ids (first maximum on ties)."""
+    return np.argmax(probabilities, axis=0).astype(np.uint8)
+
+
+def confidence_of(probabilities: np.ndarray) -> np.ndarray:
+    """``(class, y, x)`` probabilities -> ``(y, x)`` uint8 ``round(255 * max probability)``."""
+    return np.rint(np.clip(probabilities.max(axis=0), 0.0, 1.0) * 255.0).astype(np.uint8)

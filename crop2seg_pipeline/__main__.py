@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from .cli import build_dataset_cmd, demo_scene_cmd
+from .cli_models import evaluate_cmd, train_cmd
+from .cli_predict import predict_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,21 +16,9 @@ def main() -> None:
 
 main.add_command(demo_scene_cmd, "demo-scene")
 main.add_command(build_dataset_cmd, "build-dataset")
-
-try:  # training commands live beside the models
-    from .cli_models import evaluate_cmd, train_cmd
-
-    main.add_command(train_cmd, "train")
-    main.add_command(evaluate_cmd, "evaluate")
-except ImportError:  # pragma: no cover
-    pass
-
-try:  # whole-tile inference
-    from .cli_predict import predict_cmd
-
-    main.add_command(predict_cmd, "predict")
-except ImportError:  # pragma: no cover
-    pass
+main.add_command(train_cmd, "train")
+main.add_command(evaluate_cmd, "evaluate")
+main.add_command(predict_cmd, "predict")
 
 if __name__ == "__main__":
     main()

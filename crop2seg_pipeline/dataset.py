@@ -17,6 +17,7 @@ import torch
 import zarr
 
 from .errors import StoreError
+from .kernels.windows import date_positions, preprocess
 from .store import open_store
 
 
@@ -101,18 +102,16 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def positions(self, index: int) -> np.ndarray:
         d = self.dates[index]
-        d = d[~np.isnat(d)]
-        ref = np.datetime64(self.reference_date, "D")
-        return (d.astype("datetime64[D]") - ref).astype(np.float32)
+        return date_positions(d[~np.isnat(d)], self.reference_date)
 
     def __getitem__(self, i: int) -> dict:
         idx = int(self.indices[i])
         arr = self._open()
         pos = self.positions(idx)
         t = len(pos)
-        x = np.asarray(arr["s2"][idx, :t], dtype=np.float32)
-        if self.normalize:
-            x = (x - self.mean[None, :, None, None]) / self.std[None, :, None, None]
+        raw = np.asarray(arr["s2"][idx, :t])
+        # the one preprocessing code path, shared with crop2seg-predict
+        x = preprocess(raw, self.mean, self.std) if self.normalize else raw.astype(np.float32)
         sample = {
             "s2": torch.from_numpy(x),
             "positions": torch.from_numpy(pos),

@@ -479,7 +479,15 @@ def train(
         "patch_size": patch_h,
         "preset": model,
         "software": f"crop2seg-pipeline {__version__}",
+        # how the store's pixels were selected, so prediction applies the same rules
+        "preprocessing": {
+            "min_date_clear": attrs.get("build_parameters", {}).get("min_date_clear", 0.0),
+            "unclear_scl": attrs.get("build_parameters", {}).get("unclear_scl"),
+            "resampling_20m": attrs.get("build_parameters", {}).get("resampling_20m", "nearest"),
+        },
     }
+    train_dates = train_ds.dates[train_ds.indices]
+    train_dates = train_dates[~np.isnat(train_dates)]
 
     def training_summary(done: int) -> dict[str, Any]:
         best = history[best_epoch - 1] if best_epoch else {}
@@ -491,6 +499,7 @@ def train(
             "val_overall_accuracy": best.get("val_overall_accuracy"),
             "store": str(dataset_store),
             "store_fingerprint": attrs.get("fingerprint"),
+            "date_range": [str(train_dates.min())[:10], str(train_dates.max())[:10]] if train_dates.size else None,
             "n_train_patches": len(train_ds),
             "n_val_patches": len(val_ds) if val_ds is not None else 0,
             "seed": int(seed),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from .workflow import workflow_option
 from .errors import Crop2SegError
 
 log = logging.getLogger("crop2seg_pipeline")
@@ -50,6 +51,7 @@ def _floats(text: str | None, n: int, name: str) -> tuple[float, ...] | None:
 
 
 @click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@workflow_option("demo-scene")
 @click.argument("outdir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--size", default=1024, type=int, help="Scene side in 10 m pixels (even).")
 @click.option("--dates", "n_dates", default=24, type=int, help="Number of acquisition dates.")
@@ -84,6 +86,7 @@ def demo_scene_cmd(outdir, size, n_dates, seed, parcels_crs, overwrite, verbose,
 
 
 @click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@workflow_option("build-dataset")
 @click.option("--items", help="STAC ItemCollection JSON (path or URL). Default: the embedded demo scene.")
 @click.option("--parcels", type=click.Path(dir_okay=False), help="LPIS parcels (GPKG, SHP, GeoJSON, FlatGeobuf, GeoParquet; any CRS).")
 @click.option("--out", type=click.Path(), help="Zarr patch store to write. Default: crop2seg-demo/patches.zarr.")

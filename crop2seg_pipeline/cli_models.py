@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from .workflow import workflow_option
 from .errors import Crop2SegError
 
 log = logging.getLogger("crop2seg_pipeline")
@@ -37,6 +38,7 @@ quiet_opt = click.option("-q", "--quiet", is_flag=True, help="Only warnings and 
 
 
 @click.command(context_settings=_CTX)
+@workflow_option("train")
 @click.option("--dataset", "store", required=True, type=click.Path(exists=True, file_okay=False),
               help="Zarr patch store written by crop2seg-build-dataset (its 'train' split is used for "
                    "training, 'val' to pick the best epoch).")
@@ -117,6 +119,7 @@ def format_train_summary(summary: dict) -> str:
 
 
 @click.command(context_settings=_CTX)
+@workflow_option("evaluate")
 @click.option("--dataset", "store", required=True, type=click.Path(exists=True, file_okay=False),
               help="Zarr patch store to evaluate on.")
 @click.option("--weights", required=True, type=click.Path(exists=True, file_okay=False),

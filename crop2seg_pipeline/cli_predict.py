@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from .workflow import workflow_option
 from .cli import _floats, _setup_logging, quiet_opt, verbose_opt
 from .errors import Crop2SegError
 
@@ -17,6 +18,7 @@ DEMO_OUT = "prediction"
 
 
 @click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@workflow_option("predict")
 @click.option("--items", help="STAC ItemCollection JSON (path or URL). Default: the embedded demo scene.")
 @click.option("--weights", type=click.Path(), help="Weights folder (weights.pt + model.json). Default: the shipped demo weights.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder. Default with the demo: crop2seg-demo/prediction.")

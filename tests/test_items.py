@@ -14,7 +14,7 @@ from crop2seg_pipeline.errors import CRSError, EmptySelectionError, ItemError, M
 from crop2seg_pipeline.items import normalize_item, normalize_items, read_items, select_items
 from crop2seg_pipeline.nomenclature import BANDS
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "stac"
+FIXTURES = Path(__file__).resolve().parent / "data" / "stac"  # copies of shared/fixtures/stac
 ES_V0 = FIXTURES / "earth-search-v0_S2A_28QCH_20200714_0_L2A.json"
 PC = FIXTURES / "planetary-computer_S2B_MSIL2A_20190629T212529_R043_T06VVN_20201006T080531.json"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from .cli import _setup_logging, quiet_opt, verbose_opt
 from .workflow import workflow_option
 from .errors import Crop2SegError
 
@@ -17,21 +18,10 @@ log = logging.getLogger("crop2seg_pipeline")
 _CTX = {"show_default": True, "help_option_names": ["-h", "--help"]}
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 0 else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
-    root = logging.getLogger("crop2seg_pipeline")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-
-
 def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}"
 
 
-verbose_opt = click.option("-v", "--verbose", count=True, help="More log output.")
-quiet_opt = click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 
 
 # ----------------------------------------------------------------------------- crop2seg-train

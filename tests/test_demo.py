@@ -421,3 +421,16 @@ def test_other_parcels_crs(tmp_path):
     s = make_demo_scene(tmp_path / "s", size=64, n_dates=2, parcels_crs=32633)
     p = gpd.read_file(s.parcels, layer="parcels")
     assert p.crs.to_epsg() == 32633 and (~p.is_valid).sum() == 1
+
+
+def test_demo_scene_command(tmp_path):
+    """The command writes a scene and says where; bad parameters give a clear error, no traceback."""
+    from click.testing import CliRunner
+
+    from crop2seg_pipeline.cli import demo_scene_cmd
+
+    res = CliRunner().invoke(demo_scene_cmd, [str(tmp_path / "s"), "--size", "128", "--dates", "3", "--seed", "4", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "items" in res.output and (tmp_path / "s" / "items.json").exists()
+    res = CliRunner().invoke(demo_scene_cmd, [str(tmp_path / "t"), "--size", "127"])
+    assert res.exit_code != 0 and "Error" in res.output and "Traceback" not in res.output

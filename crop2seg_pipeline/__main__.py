@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .cli import build_dataset_cmd, demo_scene_cmd
+from .cli_cluster import cluster_cmd
 from .cli_models import evaluate_cmd, train_cmd
 from .cli_predict import predict_cmd
 
@@ -19,6 +20,7 @@ main.add_command(build_dataset_cmd, "build-dataset")
 main.add_command(train_cmd, "train")
 main.add_command(evaluate_cmd, "evaluate")
 main.add_command(predict_cmd, "predict")
+main.add_command(cluster_cmd, "cluster")
 
 if __name__ == "__main__":
     main()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -25,6 +29,32 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.setLevel(level)
     if verbose < 2:
         logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint(cluster: str | None) -> Iterator[None]:
+    """Start a local cluster's worker processes with SIGINT ignored (inherited through exec).
+
+    A terminal's Ctrl-C goes to the whole process group: without this, every worker dies on its
+    own KeyboardInterrupt (tracebacks on stderr, the nanny killing them after a timeout) while the
+    client is still cancelling the build. With it, only this process gets the interrupt, and it
+    cancels the pass and closes the cluster itself. Other cluster types start no local workers
+    (and may wait for jobs a long time): left alone.
+    """
+    from .cluster import resolve_spec
+
+    try:
+        local = resolve_spec(cluster).get("type") == "local"
+    except Exception:  # noqa: BLE001 (connect() reports a bad spec)
+        local = False
+    if not local or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _fail(e: Exception) -> click.ClickException:
@@ -107,8 +137,8 @@ def demo_scene_cmd(outdir, size, n_dates, seed, parcels_crs, overwrite, verbose,
 @click.option("--seed", default=0, type=int, help="Seed of the split assignment.")
 @click.option("--chunk-patches", default=4, type=int, help="Work chunk side in patches (memory per task grows with its square).")
 @click.option("--resampling-20m", default="nearest", type=click.Choice(["nearest", "bilinear", "cubic", "average"]), help="How 20 m bands reach 10 m.")
-@click.option("--cluster", default="local", help="'local', a scheduler address tcp://HOST:PORT, or a cluster spec YAML.")
-@click.option("--workers", default=None, type=int, help="Local cluster: number of workers (default: one per core).")
+@click.option("--cluster", default="local", help="A spec name (local, slurm, slurm-gpu, pbs, existing: see crop2seg-cluster --dry-run), a spec YAML path, or a scheduler address tcp://HOST:PORT.")
+@click.option("--workers", default=None, type=int, help="Local clusters only: number of workers (default: one per core).")
 @click.option("--threads-per-worker", default=None, type=int, help="Local cluster: threads per worker (default 1).")
 @click.option("--memory-limit", default=None, help="Local cluster: memory limit per worker, e.g. 4GB.")
 @click.option("--overwrite", is_flag=True, help="Rebuild an existing patch store from scratch.")
@@ -154,7 +184,11 @@ def build_dataset_cmd(items, parcels, out, mapping, id_column, crop_column, laye
             resampling_20m=resampling_20m,
         )
         cfg.validate()
-        with connect(cluster, n_workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit) as client:
+        with contextlib.ExitStack() as stack:
+            with _workers_ignore_sigint(cluster):
+                client = stack.enter_context(
+                    connect(cluster, n_workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit)
+                )
             click.echo(f"Dask dashboard: {client.dashboard_link}")
             try:
                 summary = build_dataset(config=cfg, client=client, overwrite=overwrite)

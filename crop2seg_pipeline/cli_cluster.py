@@ -10,10 +10,12 @@ import time
 
 import click
 
+from .workflow import workflow_option
 from .errors import Crop2SegError
 
 
 @click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@workflow_option("cluster")
 @click.argument("spec", default="local")
 @click.option("--dry-run", is_flag=True,
               help="Print what would start (LocalCluster parameters, the SLURM/PBS job script, or the address) and exit; starts and submits nothing.")

@@ -45,7 +45,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
     "train": {"section": "train", "shared": []},
     "evaluate": {"section": "evaluate", "shared": []},
     "demo-scene": {"section": "demo_scene", "shared": []},
-    "cluster": {"section": None, "shared": []},
+    "cluster": {"section": None, "shared": [], "rename": {"cluster": "spec"}},
 }
 
 
@@ -85,6 +85,9 @@ def defaults_for(doc: Mapping[str, Any], command: str, params: set[str]) -> dict
     """The ``default_map`` of ``command`` from a loaded workflow; checks keys against ``params``."""
     spec = COMMANDS[command]
     out: dict[str, Any] = {k: doc[k] for k in spec["shared"] if doc.get(k) is not None}
+    for src, dst in spec.get("rename", {}).items():  # e.g. the workflow's cluster is crop2seg-cluster's SPEC
+        if doc.get(src) is not None:
+            out[dst] = doc[src]
     section = doc.get(spec["section"]) if spec["section"] else None
     if section is not None:
         if not isinstance(section, Mapping):

@@ -10,6 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from crop2seg_pipeline.cli import build_dataset_cmd, demo_scene_cmd
+from crop2seg_pipeline.cli_cluster import cluster_cmd
 from crop2seg_pipeline.cli_models import evaluate_cmd, train_cmd
 from crop2seg_pipeline.cli_predict import predict_cmd
 from crop2seg_pipeline.stac_search import Window, search_windows
@@ -18,7 +19,7 @@ from crop2seg_pipeline.workflow import WorkflowError, defaults_for, load
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {"build-dataset": build_dataset_cmd, "train": train_cmd, "evaluate": evaluate_cmd,
-            "predict": predict_cmd, "demo-scene": demo_scene_cmd}
+            "predict": predict_cmd, "demo-scene": demo_scene_cmd, "cluster": cluster_cmd}
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "czech-2019.yaml"])
@@ -41,6 +42,14 @@ def test_czech_workflow_is_the_s2tsczcrop_recipe():
     assert [w.max_cloud for w in windows] == [65, 65, 65, 65, 65, 35, 65, 20, 55, 15, 25, 55, 45, 35]
     assert windows[0].start.isoformat() == "2018-09-01" and windows[-1].end.isoformat() == "2019-10-31"
     assert len(q["tiles"]) == 12 and q["max_per_window"] == 5
+
+
+def test_cluster_command_takes_the_workflow_cluster(tmp_path):
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("cluster: slurm\n")
+    res = CliRunner().invoke(cluster_cmd, ["--workflow", str(wf), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "#SBATCH" in res.output and "--lifetime" in res.output
 
 
 def test_bad_workflows_are_named(tmp_path):

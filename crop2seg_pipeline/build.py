@@ -19,6 +19,7 @@ all dates and bands), never by the tile size, the number of dates or the number 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -483,12 +484,20 @@ def _run(tasks: list, client: Any, say: Callable[[str], None], label: str, volum
 
         futures = client.compute(tasks)
         index = {f.key: i for i, f in enumerate(futures)}
-        for k, fut in enumerate(as_completed(futures), 1):
-            results[index[fut.key]] = fut.result()
-            now = time.perf_counter()
-            if now - last > 2 or k == len(tasks):
-                last = now
-                say(f"{label}: {k}/{len(tasks)} chunks ({100 * k / len(tasks):.0f}%), {now - t0:.1f} s")
+        try:
+            for k, fut in enumerate(as_completed(futures), 1):
+                results[index[fut.key]] = fut.result()
+                now = time.perf_counter()
+                if now - last > 2 or k == len(tasks):
+                    last = now
+                    say(f"{label}: {k}/{len(tasks)} chunks ({100 * k / len(tasks):.0f}%), {now - t0:.1f} s")
+        except BaseException:
+            # Ctrl-C or a failed task: stop the rest of this pass on the cluster now. Left alone,
+            # the futures (kept alive by the traceback) would go on writing to the store behind
+            # the caller's back, and a re-run on the same client would get their stale results.
+            with contextlib.suppress(Exception):
+                client.cancel(futures)
+            raise
         return results
     step = max(1, os.cpu_count() or 1)
     for s in range(0, len(tasks), step):

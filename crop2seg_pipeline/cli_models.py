@@ -39,6 +39,8 @@ def _pct(v) -> str:
 @click.option("--epochs", default=25, type=click.IntRange(min=1), help="Total number of epochs.")
 @click.option("--batch-size", default=4, type=click.IntRange(min=1), help="Patches per step.")
 @click.option("--lr", default=1e-3, type=float, help="Adam learning rate.")
+@click.option("--lr-schedule", default="constant", type=click.Choice(["constant", "cosine"]),
+              help="cosine: decay from --lr to --lr/100 over --epochs.")
 @click.option("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N.")
 @click.option("--finetune", type=click.Path(exists=True),
               help="Start from these weights: a weights folder or a reference (PASTIS) U-TAE "
@@ -52,7 +54,7 @@ def _pct(v) -> str:
 @click.option("--no-augment", is_flag=True, help="Disable random flips and 90-degree rotations.")
 @verbose_opt
 @quiet_opt
-def train_cmd(store, out, model, epochs, batch_size, lr, device, finetune, seed, workers,
+def train_cmd(store, out, model, epochs, batch_size, lr, lr_schedule, device, finetune, seed, workers,
               temporal_dropout, no_augment, verbose, quiet):
     """Train a U-TAE crop-type segmentation model on a Zarr patch store.
 
@@ -71,7 +73,7 @@ def train_cmd(store, out, model, epochs, batch_size, lr, device, finetune, seed,
     from .train import train
 
     try:
-        summary = train(store, out, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
+        summary = train(store, out, model=model, epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
                         device=device, finetune=finetune, seed=seed, num_workers=workers,
                         temporal_dropout=temporal_dropout, augment=not no_augment, progress=log.info)
     except KeyboardInterrupt:

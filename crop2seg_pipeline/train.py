@@ -328,6 +328,14 @@ def _fmt_pct(v: float | None) -> str:
     return "  n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:5.1f}"
 
 
+def epoch_lr(lr: float, epoch: int, epochs: int, schedule: str) -> float:
+    """Learning rate of ``epoch`` (1-based) under ``schedule``."""
+    if schedule == "cosine" and epochs > 1:
+        floor = lr / 100
+        return floor + 0.5 * (lr - floor) * (1 + math.cos(math.pi * (epoch - 1) / (epochs - 1)))
+    return lr
+
+
 def train(
     dataset_store: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -342,6 +350,7 @@ def train(
     temporal_dropout: float = 0.0,
     augment: bool = True,
     progress: Callable[[str], Any] | None = None,
+    lr_schedule: str = "constant",
 ) -> dict[str, Any]:
     """Train (or resume training) a U-TAE on the ``train`` split of a patch store.
 
@@ -354,6 +363,9 @@ def train(
         epochs: total number of epochs of the run (a re-run with a larger value continues).
         batch_size: patches per step; dates are zero-padded to the longest series of a batch.
         lr: Adam learning rate.
+        lr_schedule: ``"constant"``, or ``"cosine"`` (from ``lr`` down to ``lr / 100`` at the last
+            of ``epochs``; computed per epoch from the epoch number, so a resumed run follows
+            the same curve).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         finetune: initial weights: a weights folder, or a reference (PASTIS) U-TAE checkpoint
             file; the classification head is re-initialised when its class count differs.
@@ -385,6 +397,8 @@ def train(
         raise Crop2SegError(f"batch size must be >= 1, got {batch_size}")
     if not lr > 0:
         raise Crop2SegError(f"learning rate must be > 0, got {lr}")
+    if lr_schedule not in ("constant", "cosine"):
+        raise Crop2SegError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
     dev = resolve_device(device)
     if num_workers is None:
         num_workers = default_workers(dev)
@@ -447,6 +461,8 @@ def train(
         "augment": bool(augment),
         "finetune": None if finetune is None else str(Path(finetune).resolve()),
     }
+    if lr_schedule != "constant":  # absent for constant: runs made before the option still resume
+        settings["lr_schedule"] = lr_schedule
     settings_json = json.dumps(settings, sort_keys=True)
 
     # --- resume
@@ -519,6 +535,8 @@ def train(
     with intra_op_threads(dev, num_workers):
         for epoch in range(start_epoch + 1, epochs + 1):
             transform.epoch = epoch
+            for group in optimizer.param_groups:
+                group["lr"] = epoch_lr(lr, epoch, epochs, lr_schedule)
             loader = make_loader(train_ds, batch_size, True, num_workers, seed=seed, epoch=epoch, pin_memory=pin)
             with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
                 torch.manual_seed(_seed(seed, epoch, 2))

@@ -320,3 +320,13 @@ def test_cli_train_and_evaluate(store, tmp_path):
     res = runner.invoke(train_cmd, ["--dataset", str(tmp_path), "--out", str(tmp_path / "x"), "--device", "cpu"])
     assert res.exit_code == 1 and "Error:" in res.output and "not a crop2seg patch store" in res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_cosine_schedule_endpoints_and_constant():
+    from crop2seg_pipeline.train import epoch_lr
+
+    assert epoch_lr(1e-3, 1, 10, "cosine") == pytest.approx(1e-3)
+    assert epoch_lr(1e-3, 10, 10, "cosine") == pytest.approx(1e-5)
+    lrs = [epoch_lr(1e-3, e, 10, "cosine") for e in range(1, 11)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert {epoch_lr(1e-3, e, 10, "constant") for e in range(1, 11)} == {1e-3}

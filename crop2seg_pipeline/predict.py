@@ -6,20 +6,25 @@
    date, window size, classes, SCL date rule), validated on the client by loading the model once;
 2. the lazy cube of the items with exactly the model's bands, in its order; dates without clear
    sky over the area are dropped as when the training store was built;
-3. :func:`predict_cube`: ``dask.array.map_overlap`` over spatial chunks (all dates and bands per
-   chunk). Windows of ``patch_size`` px are planned once on the *global* grid at a stride of
+3. :func:`predict_cube`: two task layers over spatial chunks (all dates and bands per chunk).
+   Windows of ``patch_size`` px are planned once on the *global* grid at a stride of
    ``patch_size - overlap`` (the last one shifted back to the edge), so results do not depend on
-   the chunking; the overlap depth is the smallest halo that gives every block all the windows
-   touching its core. Each task loads the model from the weights path through a per-process
-   cache (never pickled into the graph), runs the windows in batches, blends their softmax
-   probabilities with edge-decaying weights and returns its core (halo trimmed);
+   the chunking. Each window is *owned* by the one chunk holding its center and runs exactly once:
+   a chunk's model task reads its block with a halo of at most ``patch_size // 2`` (the reach of
+   the windows it owns; ``dask.array.overlap``), loads the model from the weights path through a
+   per-process cache (never pickled into the graph; torch threads = the worker's threads), runs
+   its windows in batches and adds their edge-weighted softmax probabilities into float64 sums
+   over the haloed block, returned as 3 x 3 parts (core, edge strips, corners). A cheap blend task
+   per chunk adds its core sums and the strips its neighbours spill into it and divides by the
+   weight sum. float64 sums make the float32 result independent of the order of the additions,
+   hence of the chunking;
 4. one finishing task per chunk (class, confidence, class histogram, per-parcel histograms with
    the parcel-id raster of the same chunk, optional probability region write); the client
    writes each chunk into tiled GeoTIFFs as it completes, then COGs, a quicklook, the parcel
    GeoPackage and a summary.
 
-Peak memory of a worker is one chunk plus its halo (all dates and bands) and a batch of windows;
-the client holds at most a chunk of class/confidence at a time, never the tile.
+Peak memory of a worker is one chunk plus its halo (all dates and bands), its float64 sums and a
+batch of windows; the client holds at most a chunk of class/confidence at a time, never the tile.
 """
 
 from __future__ import annotations
@@ -44,18 +49,19 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from .cube import clear_sky, cube_grid_of, load_cube
 from .errors import Crop2SegError, EmptySelectionError, MissingBandError
 from .kernels.windows import (
+    accumulate_windows,
     blend_weights,
     classes_of,
     confidence_of,
     date_positions,
-    halo,
+    owned_halo,
+    owned_windows,
     plan_axis,
-    predict_block,
-    windows_touching,
 )
 from .nomenclature import BANDS, CLASS_NAMES, DEFAULT_UNCLEAR_SCL, NOT_CLASSIFIED
 
@@ -306,32 +312,80 @@ class _Plan:
         )
 
 
-def _predict_chunk(block: np.ndarray, plan: _Plan, block_id: tuple[int, ...] | None = None) -> np.ndarray:
-    """Dask task: blended probabilities ``(class, y, x)`` of one chunk's core from its haloed block."""
-    spec = plan.spec
-    P = spec.patch_size
-    i, j = block_id[-2], block_id[-1]
+def _block_extent(plan: _Plan, i: int, j: int) -> tuple[int, int, int, int, int, int, int, int]:
+    """Core ``(ya, yb, xa, xb)`` and haloed extent ``(ey0, ey1, ex0, ex1)`` of chunk (i, j), global px."""
     ya, yb = plan.ybounds[i], plan.ybounds[i + 1]
     xa, xb = plan.xbounds[j], plan.xbounds[j + 1]
     ey0 = max(ya - plan.depth_y[0], 0)
     ex0 = max(xa - plan.depth_x[0], 0)
     ey1 = min(yb + plan.depth_y[1], plan.ybounds[-1])
     ex1 = min(xb + plan.depth_x[1], plan.xbounds[-1])
+    return ya, yb, xa, xb, ey0, ey1, ex0, ex1
+
+
+def _split3(lo: int, a: int, b: int, hi: int) -> dict[int, slice]:
+    """Local slices of the parts before (-1), inside (0) and after (+1) a core [a, b) of [lo, hi)."""
+    return {-1: slice(0, a - lo), 0: slice(a - lo, b - lo), 1: slice(b - lo, hi - lo)}
+
+
+def _predict_chunk(block: np.ndarray, plan: _Plan, i: int, j: int) -> dict:
+    """Dask task: run the windows *owned* by chunk (i, j) (their center lies in its core) once.
+
+    Returns the weighted probability sums and weight sums (float64, so that the order in which
+    the sums of neighbouring chunks are added does not change the float32 result) split in the
+    3 x 3 parts of the haloed block: ``{(dy, dx): (acc, wsum)}``, ``(0, 0)`` being the core and
+    e.g. ``(1, 0)`` the strip spilling into the chunk below. Only non-empty parts are returned.
+    """
+    spec = plan.spec
+    P = spec.patch_size
+    ya, yb, xa, xb, ey0, ey1, ex0, ex1 = _block_extent(plan, i, j)
     if block.shape[-2:] != (ey1 - ey0, ex1 - ex0):  # dask's overlap must match our bookkeeping
-        raise RuntimeError(f"block {block_id}: got {block.shape[-2:]}, expected {(ey1 - ey0, ex1 - ex0)}")
-    rows = windows_touching(plan.rows, P, ya, yb) - ey0
-    cols = windows_touching(plan.cols, P, xa, xb) - ex0
+        raise RuntimeError(f"block {(i, j)}: got {block.shape[-2:]}, expected {(ey1 - ey0, ex1 - ex0)}")
+    rows = owned_windows(plan.rows, P, plan.ybounds, i) - ey0
+    cols = owned_windows(plan.cols, P, plan.xbounds, j) - ex0
+    K = spec.n_classes
+    acc = np.zeros((K, ey1 - ey0, ex1 - ex0), dtype=np.float64)
+    wsum = np.zeros((ey1 - ey0, ex1 - ex0), dtype=np.float64)
     model, dev = _cached_model(spec, plan.device)
-    probs, wsum = predict_block(
+    accumulate_windows(
         block, plan.positions, model,
         mean=np.asarray(spec.mean, np.float32), std=np.asarray(spec.std, np.float32),
-        rows=rows, cols=cols, size=P, weights=blend_weights(P, plan.overlap, BLEND_FLOOR),
-        core=(ya - ey0, yb - ey0, xa - ex0, xb - ex0), n_classes=spec.n_classes,
-        batch_size=plan.batch_size, ignore_index=spec.ignore_index, device=dev,
+        windows=[(r, c) for r in rows for c in cols], size=P, weights=blend_weights(P, plan.overlap, BLEND_FLOOR),
+        acc=acc, wsum=wsum, batch_size=plan.batch_size, ignore_index=spec.ignore_index, device=dev,
     )
+    del block
+    sy, sx = _split3(ey0, ya, yb, ey1), _split3(ex0, xa, xb, ex1)
+    out = {}
+    for dy, ry in sy.items():
+        for dx, rx in sx.items():
+            if ry.stop > ry.start and rx.stop > rx.start:
+                out[(dy, dx)] = (np.ascontiguousarray(acc[:, ry, rx]), np.ascontiguousarray(wsum[ry, rx]))
+    return out
+
+
+def _part(parts: dict, side: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Dask task (runs where the model task ran): one part, so that only it travels."""
+    return parts[side]
+
+
+def _blend_chunk(parts: list, sides: list, shape: tuple[int, int], block_id: tuple[int, int]) -> np.ndarray:
+    """Dask task: a chunk's blended probabilities ``(class, y, x)`` float32 from its own core sums
+    and the sums its neighbours' windows spill into it (``sides``: where each neighbour lies;
+    ``parts``: the neighbour's part facing this chunk)."""
+    h, w = shape
+    acc = wsum = None
+    for (a, ws), (di, dj) in zip(parts, sides):
+        ry = slice(0, h) if di == 0 else (slice(0, ws.shape[0]) if di < 0 else slice(h - ws.shape[0], h))
+        rx = slice(0, w) if dj == 0 else (slice(0, ws.shape[1]) if dj < 0 else slice(w - ws.shape[1], w))
+        if acc is None:
+            acc = np.zeros((a.shape[0], h, w), dtype=np.float64)
+            wsum = np.zeros((h, w), dtype=np.float64)
+        acc[:, ry, rx] += a
+        wsum[ry, rx] += ws
     if not (wsum > 0).all():  # an invariant of the plan, checked where it matters
         raise RuntimeError(f"block {block_id}: {(wsum <= 0).sum()} pixels not covered by any window")
-    return probs
+    np.divide(acc, wsum, out=acc)
+    return acc.astype(np.float32)
 
 
 def _min_chunks(chunks: Sequence[int], minimum: int) -> tuple[int, ...]:
@@ -402,20 +456,61 @@ def _probabilities(
     yb, xb = _bounds(ychunks), _bounds(xchunks)
     plan = _Plan(
         spec=spec, device=device, positions=positions, rows=rows, cols=cols, ybounds=yb, xbounds=xb,
-        depth_y=halo(rows, P, yb), depth_x=halo(cols, P, xb), overlap=overlap, batch_size=batch_size,
+        depth_y=owned_halo(rows, P, yb), depth_x=owned_halo(cols, P, xb), overlap=overlap, batch_size=batch_size,
     )
-    K = spec.n_classes
-    with dask.annotate(**({"resources": dict(resources)} if resources else {})):
-        probs = da.map_overlap(
-            _predict_chunk, arr,
-            depth={0: 0, 1: 0, 2: plan.depth_y, 3: plan.depth_x},
-            boundary="none", trim=False, allow_rechunk=False, drop_axis=1,
-            chunks=((K,), ychunks, xchunks), dtype=np.float32, meta=np.empty((0, 0, 0), np.float32),
-            plan=plan, name=f"predict-{dask.base.tokenize(arr, plan)}",
-        )
+    probs = _window_graph(arr, plan, resources)
     if any(pad):
         probs = probs[:, :H, :W]
     return probs
+
+
+def _window_graph(arr: da.Array, plan: _Plan, resources: Mapping[str, Any] | None) -> da.Array:
+    """Two layers over the haloed blocks of ``arr``: one model task per chunk running the windows
+    it owns (:func:`_predict_chunk`, annotated with ``resources``), then one cheap task per chunk
+    adding its core sums and the strips its (up to 8) neighbours spill into it (:func:`_blend_chunk`).
+
+    Every planned window runs exactly once; a part task per (chunk, neighbour) picks the part of
+    the sums facing that neighbour, so only the strips (at most ``patch_size // 2`` wide) travel
+    between workers.
+    """
+    token = dask.base.tokenize(arr, plan)
+    depth = {0: 0, 1: 0, 2: plan.depth_y, 3: plan.depth_x}
+    haloed = da.overlap.overlap(arr, depth=depth, boundary="none", allow_rechunk=False) if any(
+        plan.depth_y + plan.depth_x) else arr
+    ny, nx = len(plan.ybounds) - 1, len(plan.xbounds) - 1
+    run_name, part_name, name = f"predict-windows-{token}", f"predict-parts-{token}", f"predict-{token}"
+    run_layer = {(run_name, i, j): (_predict_chunk, (haloed.name, 0, 0, i, j), plan, i, j)
+                 for i in range(ny) for j in range(nx)}
+    part_layer, blend_layer = {}, {}
+    for i in range(ny):
+        for j in range(nx):
+            keys, sides = [], []
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    ii, jj = i + di, j + dj
+                    if not (0 <= ii < ny and 0 <= jj < nx):
+                        continue
+                    # the neighbour's strip towards us exists only where its halo is not empty
+                    if (di < 0 and plan.depth_y[1] == 0) or (di > 0 and plan.depth_y[0] == 0) or \
+                            (dj < 0 and plan.depth_x[1] == 0) or (dj > 0 and plan.depth_x[0] == 0):
+                        continue
+                    part_key = (part_name, ii, jj, -di, -dj)
+                    part_layer[part_key] = (_part, (run_name, ii, jj), (-di, -dj))
+                    keys.append(part_key)
+                    sides.append((di, dj))
+            shape = (plan.ybounds[i + 1] - plan.ybounds[i], plan.xbounds[j + 1] - plan.xbounds[j])
+            blend_layer[(name, 0, i, j)] = (_blend_chunk, keys, sides, shape, (i, j))
+    layers = dict(haloed.dask.layers)
+    deps = dict(haloed.dask.dependencies)
+    layers[run_name] = MaterializedLayer(run_layer, annotations={"resources": dict(resources)} if resources else None)
+    deps[run_name] = {haloed.name}
+    layers[part_name] = MaterializedLayer(part_layer)
+    deps[part_name] = {run_name}
+    layers[name] = MaterializedLayer(blend_layer)
+    deps[name] = {part_name}
+    K = plan.spec.n_classes
+    return da.Array(HighLevelGraph(layers, deps), name, chunks=((K,), arr.chunks[2], arr.chunks[3]),
+                    dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
 
 
 def predict_cube(

@@ -10,8 +10,11 @@ The pieces of whole-tile inference, each testable on its own:
   windows -- and therefore the predictions -- do not depend on how the scene is chunked;
 * :func:`blend_weights`: separable ramp weights that fall off towards window edges (with a floor
   > 0, so a pixel covered by a single window edge still gets a prediction);
-* :func:`predict_block`: run a model over the windows touching one block's core, in batches,
-  softmax, and accumulate the weighted probabilities of the core only (the halo is trimmed).
+* :func:`owner_of` / :func:`owned_windows` / :func:`owned_halo`: each window belongs to the one
+  block holding its center, so a chunked run computes every window exactly once;
+* :func:`accumulate_windows`: run a model over windows in batches, softmax, and add the weighted
+  probabilities into accumulators in place; :func:`predict_block` on top of it: the blended
+  probabilities of one block's core from all windows touching it (the halo is trimmed).
 
 Pixel convention: array index ``[..., i, j]``; a window with origin ``(r, c)`` covers rows
 ``r .. r + size - 1`` and columns ``c .. c + size - 1``.
@@ -30,7 +33,11 @@ __all__ = [
     "plan_axis",
     "windows_touching",
     "halo",
+    "owner_of",
+    "owned_windows",
+    "owned_halo",
     "blend_weights",
+    "accumulate_windows",
     "predict_block",
     "masked_softmax",
     "classes_of",
@@ -41,7 +48,9 @@ __all__ = [
 # ----------------------------------------------------------------------------- model inputs
 
 
-def preprocess(s2: np.ndarray, mean: Sequence[float] | np.ndarray, std: Sequence[float] | np.ndarray) -> np.ndarray:
+def preprocess(
+    s2: np.ndarray, mean: Sequence[float] | np.ndarray, std: Sequence[float] | np.ndarray, out: np.ndarray | None = None,
+) -> np.ndarray:
     """Standardize uint16 DN reflectance per band: ``(x - mean) / std`` as float32.
 
     Parameters
@@ -53,10 +62,14 @@ def preprocess(s2: np.ndarray, mean: Sequence[float] | np.ndarray, std: Sequence
         Per-band statistics (``band`` entries, in the order of the band axis). A ``std`` of 0
         (a constant band) is replaced by 1.
 
+    out
+        Optional float32 array of ``s2``'s shape to write into (may be ``s2`` itself when that is
+        float32 already): no temporary is allocated. Same arithmetic, bit for bit.
+
     Returns
     -------
     numpy.ndarray
-        float32 array of the same shape.
+        float32 array of the same shape (``out`` when given).
     """
     mean = np.asarray(mean, dtype=np.float32)
     std = np.asarray(std, dtype=np.float32)
@@ -65,8 +78,14 @@ def preprocess(s2: np.ndarray, mean: Sequence[float] | np.ndarray, std: Sequence
     if s2.ndim < 4 or s2.shape[-3] != mean.size:
         raise ValueError(f"s2 must be (..., time, band, y, x) with {mean.size} bands, got {s2.shape}")
     std = np.where(std > 0, std, np.float32(1.0)).astype(np.float32)
-    x = np.asarray(s2, dtype=np.float32)
-    return (x - mean[:, None, None]) / std[:, None, None]
+    if out is None:
+        x = np.asarray(s2, dtype=np.float32)
+        return (x - mean[:, None, None]) / std[:, None, None]
+    if out.dtype != np.float32 or out.shape != s2.shape:
+        raise ValueError(f"out must be float32 of shape {s2.shape}, got {out.dtype} {out.shape}")
+    np.subtract(s2, mean[:, None, None], out=out, dtype=np.float32)
+    np.divide(out, std[:, None, None], out=out)
+    return out
 
 
 def date_positions(dates: Sequence | np.ndarray, reference_date: str | dt.date | np.datetime64) -> np.ndarray:
@@ -122,6 +141,42 @@ def halo(origins: np.ndarray, size: int, bounds: Sequence[int]) -> tuple[int, in
     return before, after
 
 
+def owner_of(origins: np.ndarray, size: int, bounds: Sequence[int]) -> np.ndarray:
+    """The block owning each window: the one holding its center pixel ``o + size // 2``.
+
+    Every window belongs to exactly one block, so a chunked run computes each window once
+    (windows straddling a block edge are not run by both blocks). The center is clipped to the
+    axis (a single window larger than a padded axis still has an owner).
+    """
+    origins = np.asarray(origins, dtype=np.int64)
+    b = np.asarray(bounds, dtype=np.int64)
+    center = np.minimum(origins + size // 2, b[-1] - 1)
+    return np.searchsorted(b, center, side="right") - 1
+
+
+def owned_windows(origins: np.ndarray, size: int, bounds: Sequence[int], block: int) -> np.ndarray:
+    """The origins owned by block number ``block`` (see :func:`owner_of`), in order."""
+    origins = np.asarray(origins, dtype=np.int64)
+    return origins[owner_of(origins, size, bounds) == block]
+
+
+def owned_halo(origins: np.ndarray, size: int, bounds: Sequence[int]) -> tuple[int, int]:
+    """(before, after): how far the windows *owned* by any block reach beyond that block.
+
+    At most ``size // 2`` (a window's center lies in its block) -- the overlap depth of the
+    one-owner scheme, and how far a block's blended sums spill into its neighbours.
+    """
+    origins = np.asarray(origins, dtype=np.int64)
+    own = owner_of(origins, size, bounds)
+    before = after = 0
+    for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        w = origins[own == k]
+        if w.size:
+            before = max(before, int(a - w.min()))
+            after = max(after, int(w.max() + size - b))
+    return before, after
+
+
 def blend_weights(size: int, overlap: int, floor: float = 0.05) -> np.ndarray:
     """``(size, size)`` float32 weights: 1 in the middle, a linear ramp over ``overlap`` pixels
     at each edge down to ``floor`` (> 0); the outer product of a 1-D ramp.
@@ -147,6 +202,101 @@ def masked_softmax(logits, ignore_index: int | None = None):
         logits = logits.clone()
         logits[:, ignore_index] = float("-inf")
     return torch.softmax(logits.float(), dim=1)
+
+
+def accumulate_windows(
+    s2: np.ndarray,
+    positions: np.ndarray,
+    forward: Callable,
+    *,
+    mean: np.ndarray,
+    std: np.ndarray,
+    windows: Sequence[tuple[int, int]],
+    size: int,
+    weights: np.ndarray,
+    acc: np.ndarray,
+    wsum: np.ndarray,
+    origin: tuple[int, int] = (0, 0),
+    batch_size: int = 8,
+    ignore_index: int | None = None,
+    device=None,
+) -> int:
+    """Run ``forward`` over ``windows`` of ``s2`` in batches and add their weighted softmax
+    probabilities into ``acc`` (and the weights into ``wsum``), in place.
+
+    Per batch: the windows are copied straight into one float32 buffer and standardized in
+    place (:func:`preprocess` with ``out``), the forward and softmax run under
+    ``torch.inference_mode``, the blend weights multiply the batch's probabilities in place,
+    and each window's part inside ``acc`` is added in place (no temporaries of the block's
+    size; ``acc``/``wsum`` may be float32 or float64).
+
+    Parameters
+    ----------
+    s2
+        ``(time, band, h, w)`` block; window origins are local to it.
+    positions
+        ``(time,)`` float32 days since the model's reference date.
+    forward
+        ``forward(x, positions) -> logits``: x ``(n, time, band, size, size)`` float32 tensor,
+        positions ``(n, time)``; logits ``(n, class, size, size)``.
+    mean, std
+        Per-band normalization (see :func:`preprocess`).
+    windows
+        ``(row, col)`` local origins, accumulated in this order.
+    size, weights
+        Window side and its ``(size, size)`` blend weights (:func:`blend_weights`).
+    acc, wsum
+        ``(class, H, W)`` and ``(H, W)`` accumulators; ``acc[:, 0, 0]`` is pixel ``origin`` of
+        ``s2``. Window parts outside them are dropped.
+    batch_size, ignore_index, device
+        Windows per forward pass, class never predicted (probability 0), torch device.
+
+    Returns
+    -------
+    int
+        The number of windows run.
+    """
+    import torch
+
+    h, w = s2.shape[-2:]
+    if h < size or w < size:
+        raise ValueError(f"block {h}x{w} is smaller than the {size} px window; pad it first")
+    oy, ox = origin
+    H, W = wsum.shape
+    wins = [(int(r), int(c)) for r, c in windows]
+    if not wins:
+        return 0
+    pos = torch.from_numpy(np.asarray(positions, dtype=np.float32))
+    wt = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
+    buf = np.empty((min(batch_size, len(wins)), *s2.shape[:-2], size, size), dtype=np.float32)
+    with torch.inference_mode():
+        for s in range(0, len(wins), batch_size):
+            part = wins[s : s + batch_size]
+            n = len(part)
+            xb = buf[:n]
+            for k, (r, c) in enumerate(part):
+                xb[k] = s2[..., r : r + size, c : c + size]  # uint16 -> float32, no stacked copy
+            x = torch.from_numpy(preprocess(xb, mean, std, out=xb))
+            bp = pos[None].expand(n, -1)
+            if device is not None and torch.device(device).type != "cpu":
+                x, bp = x.to(device), bp.to(device)
+            logits = forward(x, bp).float()
+            if ignore_index is not None and 0 <= ignore_index < logits.shape[1]:
+                logits[:, ignore_index] = float("-inf")  # in place: an inference tensor we own
+            prob = torch.softmax(logits, dim=1)
+            prob.mul_(wt.to(prob.device))  # weighted, in place (elementwise: same values as p * w)
+            prob = prob.cpu().numpy()
+            for k, (r, c) in enumerate(part):
+                # intersection of the window with the accumulator, in accumulator coordinates
+                y0, y1 = max(r, oy), min(r + size, oy + H)
+                x0, x1 = max(c, ox), min(c + size, ox + W)
+                if y0 >= y1 or x0 >= x1:
+                    continue
+                dst = acc[:, y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+                np.add(dst, prob[k, :, y0 - r : y1 - r, x0 - c : x1 - c], out=dst)
+                dws = wsum[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+                np.add(dws, weights[y0 - r : y1 - r, x0 - c : x1 - c], out=dws)
+    return len(wins)
 
 
 def predict_block(
@@ -175,8 +325,7 @@ def predict_block(
     positions
         ``(time,)`` float32 days since the model's reference date.
     forward
-        ``forward(x, positions) -> logits``: x ``(n, time, band, size, size)`` float32 tensor,
-        positions ``(n, time)``; logits ``(n, class, size, size)`` (a U-TAE module fits).
+        ``forward(x, positions) -> logits`` (see :func:`accumulate_windows`).
     mean, std
         Per-band normalization (see :func:`preprocess`).
     rows, cols
@@ -197,34 +346,14 @@ def predict_block(
         ``(class, r1 - r0, c1 - c0)`` float32 probabilities (normalized by the weight sum) and
         the ``(r1 - r0, c1 - c0)`` float32 weight sum (> 0 wherever a window covers the pixel).
     """
-    import torch
-
     r0, r1, c0, c1 = core
     acc = np.zeros((n_classes, r1 - r0, c1 - c0), dtype=np.float32)
     wsum = np.zeros((r1 - r0, c1 - c0), dtype=np.float32)
-    h, w = s2.shape[-2:]
-    if h < size or w < size:
-        raise ValueError(f"block {h}x{w} is smaller than the {size} px window; pad it first")
-    wins = [(int(r), int(c)) for r in rows for c in cols]
-    pos = torch.from_numpy(np.asarray(positions, dtype=np.float32))
-    for s in range(0, len(wins), batch_size):
-        part = wins[s : s + batch_size]
-        batch = np.stack([s2[..., r : r + size, c : c + size] for r, c in part])
-        x = torch.from_numpy(preprocess(batch, mean, std))
-        bp = pos[None].expand(len(part), -1)
-        if device is not None:
-            x, bp = x.to(device), bp.to(device)
-        with torch.inference_mode():
-            prob = masked_softmax(forward(x, bp), ignore_index).cpu().numpy()
-        for k, (r, c) in enumerate(part):
-            # intersection of the window with the core, in core coordinates
-            y0, y1 = max(r, r0), min(r + size, r1)
-            x0, x1 = max(c, c0), min(c + size, c1)
-            if y0 >= y1 or x0 >= x1:
-                continue
-            wv = weights[y0 - r : y1 - r, x0 - c : x1 - c]
-            acc[:, y0 - r0 : y1 - r0, x0 - c0 : x1 - c0] += prob[k, :, y0 - r : y1 - r, x0 - c : x1 - c] * wv
-            wsum[y0 - r0 : y1 - r0, x0 - c0 : x1 - c0] += wv
+    accumulate_windows(
+        s2, positions, forward, mean=mean, std=std, windows=[(r, c) for r in rows for c in cols], size=size,
+        weights=weights, acc=acc, wsum=wsum, origin=(r0, c0), batch_size=batch_size, ignore_index=ignore_index,
+        device=device,
+    )
     covered = wsum > 0
     np.divide(acc, wsum, out=acc, where=covered[None])
     return acc, wsum

@@ -80,8 +80,8 @@ class FlakyServer(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serve(root: str | os.PathLike):
-    server = FlakyServer(root)
+def running(server: ThreadingHTTPServer):
+    """Serve ``server`` from a daemon thread for the duration of the block."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -89,3 +89,8 @@ def serve(root: str | os.PathLike):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def serve(root: str | os.PathLike):
+    """Serve the files under ``root`` on loopback (see :class:`FlakyServer`)."""
+    return running(FlakyServer(root))

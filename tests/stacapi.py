@@ -6,9 +6,7 @@ with ``next`` links carrying a token in the POST body, as Earth Search and Plane
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import shapely.geometry
@@ -69,13 +67,8 @@ class StacApi(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-@contextlib.contextmanager
 def serve(items: list[dict]):
-    server = StacApi(items)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+    """A STAC API over ``items`` on loopback, for the duration of a ``with`` block."""
+    from httpserver import running
+
+    return running(StacApi(items))

@@ -29,6 +29,9 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.setLevel(level)
     if verbose < 2:
         logging.getLogger("distributed").setLevel(logging.WARNING)
+        # distributed 2026.8's client.sync can log a spurious NameError traceback through tornado
+        # when Ctrl-C lands mid-wait; the interrupt itself is handled (message, exit 130). -vv shows it.
+        logging.getLogger("tornado.application").setLevel(logging.CRITICAL)
 
 
 @contextlib.contextmanager

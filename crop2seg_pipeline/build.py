@@ -19,7 +19,6 @@ all dates and bands), never by the tile size, the number of dates or the number 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -28,6 +27,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -495,8 +495,10 @@ def _run(tasks: list, client: Any, say: Callable[[str], None], label: str, volum
             # Ctrl-C or a failed task: stop the rest of this pass on the cluster now. Left alone,
             # the futures (kept alive by the traceback) would go on writing to the store behind
             # the caller's back, and a re-run on the same client would get their stale results.
-            with contextlib.suppress(Exception):
+            try:
                 client.cancel(futures)
+            except Exception as e:  # noqa: BLE001 (the original error matters more; say why cancel failed)
+                log.warning("%s: could not cancel the remaining tasks (%s); they may still run", label, e)
             raise
         return results
     step = max(1, os.cpu_count() or 1)
@@ -509,8 +511,9 @@ def _run(tasks: list, client: Any, say: Callable[[str], None], label: str, volum
 
 def _splits(patches: pd.DataFrame, cfg: BuildConfig) -> list[str]:
     block = list(zip(patches["tile"], patches["row"] // cfg.split_block, patches["col"] // cfg.split_block))
-    keys = sorted(set(block))
-    weights = [block.count(k) for k in keys]
+    counts = Counter(block)  # one pass: list.count per block was quadratic in the patch count
+    keys = sorted(counts)
+    weights = [counts[k] for k in keys]
     assigned = assign_splits(keys, weights, cfg.split, cfg.seed)
     return [SPLITS[assigned[b]] for b in block]
 

@@ -9,13 +9,17 @@
 3. :func:`predict_cube`: two task layers over spatial chunks (all dates and bands per chunk).
    Windows of ``patch_size`` px are planned once on the *global* grid at a stride of
    ``patch_size - overlap`` (the last one shifted back to the edge), so results do not depend on
-   the chunking. Each window is *owned* by the one chunk holding its center and runs exactly once:
-   a chunk's model task reads its block with a halo of at most ``patch_size // 2`` (the reach of
-   the windows it owns; ``dask.array.overlap``), loads the model from the weights path through a
-   per-process cache (never pickled into the graph; torch threads = the worker's threads), runs
-   its windows in batches and adds their edge-weighted softmax probabilities into float64 sums
-   over the haloed block, returned as 3 x 3 parts (core, edge strips, corners). A cheap blend task
-   per chunk adds its core sums and the strips its neighbours spill into it and divides by the
+   the chunking. Each window is *owned* by the one chunk holding its origin and runs exactly
+   once: a chunk's model task gets its block with a halo of less than ``patch_size`` below and
+   to the right (the reach of the windows it owns). :func:`predict` has the task read that
+   haloed block from the items itself: no separate read tasks that would run ahead of the slow
+   model tasks and pile blocks up in worker memory; on chunks aligned with the files' tiles the
+   read touches 2 x 2 tiles. :func:`predict_cube` on a user's lazy cube takes it from
+   ``dask.array.overlap``. The task loads the model from the weights path through a per-process
+   cache (never pickled into the graph; torch threads = the worker's threads), runs its windows
+   in batches and adds their edge-weighted softmax probabilities into float64 sums over the
+   haloed block, returned as 3 x 3 parts (core, edge strips, corners). A cheap blend task per
+   chunk adds its core sums and the strips its neighbours spill into it and divides by the
    weight sum. float64 sums make the float32 result independent of the order of the additions,
    hence of the chunking;
 4. one finishing task per chunk (class, confidence, class histogram, per-parcel histograms with
@@ -23,8 +27,9 @@
    writes each chunk into tiled GeoTIFFs as it completes, then COGs, a quicklook, the parcel
    GeoPackage and a summary.
 
-Peak memory of a worker is one chunk plus its halo (all dates and bands), its float64 sums and a
-batch of windows; the client holds at most a chunk of class/confidence at a time, never the tile.
+Peak memory of a worker thread (with :func:`predict`) is one chunk plus its halo (all dates and
+bands), its float64 sums and a batch of windows, plus the edge strips waiting for neighbours; the
+client holds at most a chunk of class/confidence at a time, never the tile.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from .cube import clear_sky, cube_grid_of, load_cube
 from .errors import Crop2SegError, EmptySelectionError, MissingBandError
+from .grid import Grid
+from .items import normalize_items, select_items
 from .kernels.windows import (
     accumulate_windows,
     blend_weights,
@@ -329,7 +336,7 @@ def _split3(lo: int, a: int, b: int, hi: int) -> dict[int, slice]:
 
 
 def _predict_chunk(block: np.ndarray, plan: _Plan, i: int, j: int) -> dict:
-    """Dask task: run the windows *owned* by chunk (i, j) (their center lies in its core) once.
+    """Dask task: run the windows *owned* by chunk (i, j) (their origin lies in its core) once.
 
     Returns the weighted probability sums and weight sums (float64, so that the order in which
     the sums of neighbouring chunks are added does not change the float32 result) split in the
@@ -361,6 +368,65 @@ def _predict_chunk(block: np.ndarray, plan: _Plan, i: int, j: int) -> dict:
             if ry.stop > ry.start and rx.stop > rx.start:
                 out[(dy, dx)] = (np.ascontiguousarray(acc[:, ry, rx]), np.ascontiguousarray(wsum[ry, rx]))
     return out
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a model task reads its haloed block itself, instead of taking it from read tasks.
+
+    With the cube read in separate tasks, Dask runs the cheap reads far ahead of the slow model
+    tasks and every worker fills with blocks waiting for the model (peak memory grew with the
+    area). Reading inside the model task bounds a worker to one haloed block per thread.
+
+    Attributes
+    ----------
+    grid : the cube's grid (unpadded)
+    times : the dates kept (ISO datetimes, ``datetime64[ns]`` strings), in the cube's order
+    bands : bands in the model's order
+    resampling_20m : as the cube was built
+    """
+
+    grid: Grid
+    times: tuple[str, ...]
+    bands: tuple[str, ...]
+    resampling_20m: str
+
+
+class _Items:
+    """The normalized STAC items as one graph literal (one key shared by all tasks, not traversed)."""
+
+    def __init__(self, items: list[dict]):
+        self.items = items
+
+    def __dask_tokenize__(self):
+        return ("crop2seg-items", json.dumps(self.items, sort_keys=True, default=str))
+
+
+def _read_block(items: _Items, src: _Source, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """The (time, band, y, x) uint16 cube of rows [y0, y1) x cols [x0, x1) of the (padded) area,
+    read synchronously in the calling task; equal to the same slice of the lazy cube."""
+    H, W = src.grid.shape
+    ry1, rx1 = min(y1, H), min(x1, W)
+    if (ry1 < y1 and y0 != 0) or (rx1 < x1 and x0 != 0):  # padding only ever spans one chunk
+        raise RuntimeError(f"padded block must start at 0, got rows {y0}:{y1}, cols {x0}:{x1} of {H} x {W}")
+    # widen to even offsets so that 20 m bands are read at 20 m (as for the whole cube), then crop
+    ay0, ax0 = y0 - y0 % 2, x0 - x0 % 2
+    ay1, ax1 = min(ry1 + ry1 % 2, H), min(rx1 + rx1 % 2, W)
+    window = src.grid.window(ay0, ax0, ay1 - ay0, ax1 - ax0)
+    cube = load_cube(
+        items.items, bands=src.bands, grid=window, chunksize=(window.height, window.width),
+        resampling_20m=src.resampling_20m, check_files=False,
+    ).sel(time=np.array(src.times, dtype="datetime64[ns]"))
+    block = cube["s2"].data.compute(scheduler="sync")[:, :, y0 - ay0 : ry1 - ay0, x0 - ax0 : rx1 - ax0]
+    if ry1 < y1 or rx1 < x1:
+        block = np.pad(block, ((0, 0), (0, 0), (0, y1 - ry1), (0, x1 - rx1)), mode="symmetric")
+    return block
+
+
+def _read_and_predict_chunk(items: _Items, src: _Source, plan: _Plan, i: int, j: int) -> dict:
+    """Dask task: read chunk (i, j) with its halo, then :func:`_predict_chunk` (one block in memory)."""
+    _, _, _, _, ey0, ey1, ex0, ex1 = _block_extent(plan, i, j)
+    return _predict_chunk(_read_block(items, src, ey0, ey1, ex0, ex1), plan, i, j)
 
 
 def _part(parts: dict, side: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -423,9 +489,13 @@ def _check_dates(times: np.ndarray, spec: ModelSpec) -> np.ndarray:
 
 def _probabilities(
     cube: xr.Dataset, spec: ModelSpec, *, overlap: int, batch_size: int, device: str,
-    resources: Mapping[str, Any] | None,
+    resources: Mapping[str, Any] | None, items: list[dict] | None = None,
 ) -> da.Array:
-    """The lazy ``(class, y, x)`` float32 probabilities of ``cube`` (the heart of the graph)."""
+    """The lazy ``(class, y, x)`` float32 probabilities of ``cube`` (the heart of the graph).
+
+    With ``items`` (the normalized items :func:`load_cube` built ``cube`` from), the model tasks
+    read their haloed blocks from the items themselves and the cube's own read tasks never run;
+    otherwise they take them from the cube's dask array."""
     P = spec.patch_size
     if not 0 <= overlap < P:
         raise Crop2SegError(f"--overlap must be in [0, {P - 1}] px (the window is {P} px), got {overlap}")
@@ -458,29 +528,52 @@ def _probabilities(
         spec=spec, device=device, positions=positions, rows=rows, cols=cols, ybounds=yb, xbounds=xb,
         depth_y=owned_halo(rows, P, yb), depth_x=owned_halo(cols, P, xb), overlap=overlap, batch_size=batch_size,
     )
-    probs = _window_graph(arr, plan, resources)
+    source = None
+    if items is not None:
+        source = _Source(
+            grid=cube_grid_of(cube), times=tuple(str(t) for t in cube["time"].values.astype("datetime64[ns]")),
+            bands=tuple(spec.bands), resampling_20m=str(cube.attrs.get("resampling_20m", "nearest")),
+        )
+    probs = _window_graph(arr, plan, resources, source, None if items is None else _Items(items))
     if any(pad):
         probs = probs[:, :H, :W]
     return probs
 
 
-def _window_graph(arr: da.Array, plan: _Plan, resources: Mapping[str, Any] | None) -> da.Array:
+def _window_graph(
+    arr: da.Array, plan: _Plan, resources: Mapping[str, Any] | None, source: _Source | None = None,
+    items: _Items | None = None,
+) -> da.Array:
     """Two layers over the haloed blocks of ``arr``: one model task per chunk running the windows
     it owns (:func:`_predict_chunk`, annotated with ``resources``), then one cheap task per chunk
     adding its core sums and the strips its (up to 8) neighbours spill into it (:func:`_blend_chunk`).
 
     Every planned window runs exactly once; a part task per (chunk, neighbour) picks the part of
-    the sums facing that neighbour, so only the strips (at most ``patch_size // 2`` wide) travel
-    between workers.
+    the sums facing that neighbour, so only the strips (less than ``patch_size`` wide, below and to
+    the right) travel between workers. With a ``source``, the model tasks read their blocks themselves
+    (:func:`_read_and_predict_chunk`) and ``arr`` only gives the shape and chunks.
     """
-    token = dask.base.tokenize(arr, plan)
-    depth = {0: 0, 1: 0, 2: plan.depth_y, 3: plan.depth_x}
-    haloed = da.overlap.overlap(arr, depth=depth, boundary="none", allow_rechunk=False) if any(
-        plan.depth_y + plan.depth_x) else arr
     ny, nx = len(plan.ybounds) - 1, len(plan.xbounds) - 1
-    run_name, part_name, name = f"predict-windows-{token}", f"predict-parts-{token}", f"predict-{token}"
-    run_layer = {(run_name, i, j): (_predict_chunk, (haloed.name, 0, 0, i, j), plan, i, j)
-                 for i in range(ny) for j in range(nx)}
+    if source is not None:
+        token = dask.base.tokenize(source, items, plan)
+        items_name = f"predict-items-{token}"
+        run_name = f"predict-windows-{token}"
+        run_layer = {(run_name, i, j): (_read_and_predict_chunk, items_name, source, plan, i, j)
+                     for i in range(ny) for j in range(nx)}
+        layers = {items_name: MaterializedLayer({items_name: items})}
+        deps = {items_name: set(), run_name: {items_name}}
+    else:
+        token = dask.base.tokenize(arr, plan)
+        depth = {0: 0, 1: 0, 2: plan.depth_y, 3: plan.depth_x}
+        haloed = da.overlap.overlap(arr, depth=depth, boundary="none", allow_rechunk=False) if any(
+            plan.depth_y + plan.depth_x) else arr
+        run_name = f"predict-windows-{token}"
+        run_layer = {(run_name, i, j): (_predict_chunk, (haloed.name, 0, 0, i, j), plan, i, j)
+                     for i in range(ny) for j in range(nx)}
+        layers = dict(haloed.dask.layers)
+        deps = dict(haloed.dask.dependencies)
+        deps[run_name] = {haloed.name}
+    part_name, name = f"predict-parts-{token}", f"predict-{token}"
     part_layer, blend_layer = {}, {}
     for i in range(ny):
         for j in range(nx):
@@ -500,10 +593,7 @@ def _window_graph(arr: da.Array, plan: _Plan, resources: Mapping[str, Any] | Non
                     sides.append((di, dj))
             shape = (plan.ybounds[i + 1] - plan.ybounds[i], plan.xbounds[j + 1] - plan.xbounds[j])
             blend_layer[(name, 0, i, j)] = (_blend_chunk, keys, sides, shape, (i, j))
-    layers = dict(haloed.dask.layers)
-    deps = dict(haloed.dask.dependencies)
     layers[run_name] = MaterializedLayer(run_layer, annotations={"resources": dict(resources)} if resources else None)
-    deps[run_name] = {haloed.name}
     layers[part_name] = MaterializedLayer(part_layer)
     deps[part_name] = {run_name}
     layers[name] = MaterializedLayer(blend_layer)
@@ -772,7 +862,9 @@ def predict(
 
     # 1. model and inputs, all checked before anything is computed or written
     spec = read_model_spec(weights_dir)
-    cube = load_cube(items, bands=spec.bands, bbox=bbox, bbox_crs=bbox_crs, start=start, end=end, chunksize=chunksize)
+    norm = normalize_items(items, bands=spec.bands)
+    cube = load_cube(norm, bands=spec.bands, bbox=bbox, bbox_crs=bbox_crs, start=start, end=end, chunksize=chunksize)
+    selected = select_items(norm, bbox=bbox, bbox_crs=bbox_crs, start=start, end=end)  # what the cube holds
     grid = cube_grid_of(cube)
     gdf = None
     if parcels is not None:
@@ -786,7 +878,8 @@ def predict(
 
     # 2. the lazy graph
     resources = _gpu_resources(client, device)
-    probs = _probabilities(cube, spec, overlap=overlap, batch_size=batch_size, device=device, resources=resources)
+    probs = _probabilities(cube, spec, overlap=overlap, batch_size=batch_size, device=device, resources=resources,
+                           items=selected)
     ychunks, xchunks = probs.chunks[1], probs.chunks[2]
     pid_blocks = None
     if gdf is not None:

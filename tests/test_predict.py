@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from crop2seg_pipeline.cube import cube_grid_of, load_cube
 from crop2seg_pipeline.errors import Crop2SegError, EmptySelectionError, MissingBandError
 from crop2seg_pipeline.grid import Grid
+from crop2seg_pipeline.items import normalize_items
 from crop2seg_pipeline.kernels.windows import (
     blend_weights,
     date_positions,
@@ -39,6 +40,7 @@ from crop2seg_pipeline.outputs import TiledRaster, read_category_names, validate
 from crop2seg_pipeline.predict import (
     BLEND_FLOOR,
     DateRangeWarning,
+    _probabilities,
     model_loads,
     predict,
     predict_cube,
@@ -218,6 +220,33 @@ def test_area_smaller_than_a_window_is_padded(small_scene, weights):
     out = predict_cube(cube, weights, overlap=OVERLAP, probabilities=True).compute(scheduler="sync")
     assert out["class"].shape == (20, 45) and out["probabilities"].shape == (15, 20, 45)
     np.testing.assert_allclose(out["probabilities"].sum("class_id").values, 1.0, atol=1e-5)
+
+
+def _items_path(cube, items, weights, **kw):
+    """Probabilities through the path of :func:`predict`: model tasks read their own blocks."""
+    spec = read_model_spec(weights)
+    lazy = _probabilities(cube, spec, overlap=OVERLAP, batch_size=5, device="cpu", resources=None, items=items, **kw)
+    graph = dict(lazy.__dask_graph__())
+    assert not set(graph) & set(dict(cube["s2"].data.__dask_graph__())), "the cube's read tasks are in the graph"
+    return lazy.compute(scheduler="threads")
+
+
+def test_model_tasks_that_read_their_own_blocks_give_the_same_probabilities(small_scene, weights, pred96):
+    # chunks of 75 px: haloed blocks start at odd rows/cols (20 m bands are read on an even window, cropped)
+    norm = normalize_items(small_scene.items)
+    cube = load_cube(norm, chunksize=75)
+    got = _items_path(cube, norm, weights)
+    np.testing.assert_allclose(got, pred96["probabilities"].values, atol=1e-5, rtol=0)
+
+
+def test_model_tasks_that_read_their_own_blocks_pad_small_areas(small_scene, weights):
+    norm = normalize_items(small_scene.items)
+    grid = cube_grid_of(load_cube(norm))
+    # odd origin and height, smaller than a 32 px window along y
+    cube = load_cube(norm, grid=grid.window(3, 5, 21, 45), chunksize=64)
+    assert cube.sizes["y"] == 21 and cube.sizes["x"] == 45
+    lazy = predict_cube(cube, weights, overlap=OVERLAP, probabilities=True).compute(scheduler="sync")
+    np.testing.assert_allclose(_items_path(cube, norm, weights), lazy["probabilities"].values, atol=1e-6, rtol=0)
 
 
 # ----------------------------------------------------------------------------- outputs

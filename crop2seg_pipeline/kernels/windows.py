@@ -11,7 +11,8 @@ The pieces of whole-tile inference, each testable on its own:
 * :func:`blend_weights`: separable ramp weights that fall off towards window edges (with a floor
   > 0, so a pixel covered by a single window edge still gets a prediction);
 * :func:`owner_of` / :func:`owned_windows` / :func:`owned_halo`: each window belongs to the one
-  block holding its center, so a chunked run computes every window exactly once;
+  block holding its origin, so a chunked run computes every window exactly once and a block's
+  halo reaches only forward;
 * :func:`accumulate_windows`: run a model over windows in batches, softmax, and add the weighted
   probabilities into accumulators in place; :func:`predict_block` on top of it: the blended
   probabilities of one block's core from all windows touching it (the halo is trimmed).
@@ -142,16 +143,17 @@ def halo(origins: np.ndarray, size: int, bounds: Sequence[int]) -> tuple[int, in
 
 
 def owner_of(origins: np.ndarray, size: int, bounds: Sequence[int]) -> np.ndarray:
-    """The block owning each window: the one holding its center pixel ``o + size // 2``.
+    """The block owning each window: the one holding its origin (top/left) pixel.
 
     Every window belongs to exactly one block, so a chunked run computes each window once
-    (windows straddling a block edge are not run by both blocks). The center is clipped to the
-    axis (a single window larger than a padded axis still has an owner).
+    (windows straddling a block edge are not run by both blocks). A block's windows then reach
+    only forward (down/right), by less than ``size``: its haloed read is the block plus the next
+    ``size - 1`` pixels, which on block-aligned chunks touches 2 x 2 file tiles instead of the
+    3 x 3 a centred halo would (each tile is decompressed whole).
     """
     origins = np.asarray(origins, dtype=np.int64)
     b = np.asarray(bounds, dtype=np.int64)
-    center = np.minimum(origins + size // 2, b[-1] - 1)
-    return np.searchsorted(b, center, side="right") - 1
+    return np.searchsorted(b, np.minimum(origins, b[-1] - 1), side="right") - 1
 
 
 def owned_windows(origins: np.ndarray, size: int, bounds: Sequence[int], block: int) -> np.ndarray:
@@ -163,8 +165,9 @@ def owned_windows(origins: np.ndarray, size: int, bounds: Sequence[int], block: 
 def owned_halo(origins: np.ndarray, size: int, bounds: Sequence[int]) -> tuple[int, int]:
     """(before, after): how far the windows *owned* by any block reach beyond that block.
 
-    At most ``size // 2`` (a window's center lies in its block) -- the overlap depth of the
-    one-owner scheme, and how far a block's blended sums spill into its neighbours.
+    ``before`` is 0 and ``after`` at most ``size - 1`` (a window's origin lies in its block) --
+    the overlap depth of the one-owner scheme, and how far a block's blended sums spill into its
+    neighbours.
     """
     origins = np.asarray(origins, dtype=np.int64)
     own = owner_of(origins, size, bounds)

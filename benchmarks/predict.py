@@ -6,8 +6,9 @@ For growing square areas of a demo scene (all its dates), measures
   windows, model, blending, COG writing) in Mpixel/s;
 * the bare model in one process on the same number of windows as the area's plan (random
   uint16 inputs of the same shape, the same batch size, the same per-batch standardization and
-  masked softmax, ``torch.inference_mode``), with torch using as many threads as the cluster's
-  workers x threads in all (the same cores), in Mpixel/s of the area;
+  masked softmax, ``torch.inference_mode``, the same malloc tuning as the workers), with torch
+  using as many threads as the cluster's workers x threads in all (the same cores), in Mpixel/s
+  of the area;
 * the peak resident memory of each worker (sampled with psutil through ``client.run``) and of
   the client process.
 
@@ -41,6 +42,7 @@ import torch
 from crop2seg_pipeline.cube import load_cube
 from crop2seg_pipeline.demo import make_demo_scene
 from crop2seg_pipeline.kernels.windows import plan_axis, windows_touching
+from crop2seg_pipeline.malloc import tune_malloc_for_torch
 from crop2seg_pipeline.models import build_model, load_model, save_weights
 from crop2seg_pipeline.nomenclature import BANDS, CLASS_NAMES
 from crop2seg_pipeline.predict import predict, read_model_spec
@@ -76,6 +78,7 @@ def _bare_model(weights: Path, n_windows: int, T: int, P: int, batch: int, threa
     """Seconds of the model alone on ``n_windows`` windows: per batch, uint16 -> float32 standardized
     in place, forward, masked softmax (as the pipeline), in one process on ``threads`` torch threads."""
     torch.set_num_threads(threads)
+    tune_malloc_for_torch()  # as the pipeline's workers do (see crop2seg_pipeline/malloc.py)
     model, meta = load_model(weights)
     spec = read_model_spec(weights)
     rng = np.random.default_rng(0)

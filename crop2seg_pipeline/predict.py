@@ -70,6 +70,7 @@ from .kernels.windows import (
     owned_windows,
     plan_axis,
 )
+from .malloc import tune_malloc_for_torch
 from .nomenclature import BANDS, CLASS_NAMES, DEFAULT_UNCLEAR_SCL, NOT_CLASSIFIED
 
 log = logging.getLogger(__name__)
@@ -284,6 +285,7 @@ def _cached_model(spec: ModelSpec, device: str):
             threads = _worker_threads()
             if threads and torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
+            tune_malloc_for_torch()  # large tensors from the heap, not fresh mmaps (see .malloc)
             model, _ = load_model(spec.weights_dir, dev)
             for old in [k for k in _MODELS if k[:2] == key[:2]]:  # weights replaced since
                 del _MODELS[old]

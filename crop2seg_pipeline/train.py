@@ -49,6 +49,7 @@ from .dataset import PatchDataset, collate_patches
 from .errors import Crop2SegError, StoreError
 from .evaluate import confusion_over, resolve_device, weighted_cross_entropy
 from .kernels.metrics import metrics_from_confusion
+from .malloc import tune_malloc_for_torch
 from .models import CheckpointError, build_model, load_model, load_reference_state_dict, save_weights
 from .models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, _head_prefixes
 from .nomenclature import CLASS_NAMES, N_CLASSES, NOT_CLASSIFIED
@@ -436,6 +437,7 @@ def train(
     class_names = list(attrs.get("class_names") or CLASS_NAMES)
 
     # --- model + optimizer, initialised from the seed only
+    tune_malloc_for_torch()  # batch tensors from the heap, not fresh mmaps (values unchanged)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed(seed, 0, 0))
         net = build_model(model, n_classes=N_CLASSES, input_dim=len(bands))

@@ -34,6 +34,7 @@ from crop2seg_pipeline.kernels.windows import (
     windows_touching,
 )
 from crop2seg_pipeline.labels import CropMapping, read_parcels
+from crop2seg_pipeline.malloc import malloc_tuned
 from crop2seg_pipeline.models import CheckpointError, build_model, save_weights
 from crop2seg_pipeline.nomenclature import BANDS, CLASS_COLORS, CLASS_NAMES
 from crop2seg_pipeline.outputs import TiledRaster, read_category_names, validate_cog
@@ -357,7 +358,10 @@ def test_model_loaded_once_per_worker_never_in_the_graph(small_scene, weights, t
         s = predict(small_scene.items, weights, tmp_path / "out", parcels=small_scene.parcels,
                     mapping=small_scene.mapping, overlap=OVERLAP, chunksize=64, client=client, progress=lambda m: None)
         loads = client.run(model_loads)
+        tuned = client.run(malloc_tuned)
     assert s.n_chunks == 16
+    # every worker that loaded the model serves large tensors from the heap (see malloc.py)
+    assert all(tuned[w] for w, d in loads.items() if d) and any(tuned.values()), (tuned, loads)
     counts = [sum(v for k, v in d.items() if k.startswith(str(Path(weights).resolve()))) for d in loads.values()]
     assert all(c <= 1 for c in counts) and sum(counts) >= 1, loads
     assert validate_cog(tmp_path / "out" / "classes.tif") == []

@@ -1,0 +1,60 @@
+"""glibc malloc tuning of model processes (crop2seg_pipeline.malloc), checked in fresh processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+PROBE = textwrap.dedent(
+    """
+    import ctypes, sys
+    import numpy as np
+    from crop2seg_pipeline.malloc import malloc_tuned, tune_malloc_for_torch
+
+    class MallInfo2(ctypes.Structure):  # glibc >= 2.33
+        _fields_ = [(n, ctypes.c_size_t) for n in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                     "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    ok = tune_malloc_for_torch() if sys.argv[1] == "tune" else False
+    before = libc.mallinfo2().hblkhd
+    a = np.ones(200 * 2**20, dtype=np.uint8)  # 200 MB
+    during = libc.mallinfo2().hblkhd
+    print(int(ok), int(malloc_tuned()), (during - before) >> 20)
+    """
+)
+
+
+def _glibc() -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def _probe(mode: str, env: dict | None = None) -> tuple[int, int, int]:
+    import os
+
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
+                         env={**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536", **(env or {})})
+    ok, tuned, mmapped_mb = (int(v) for v in out.stdout.split())
+    return ok, tuned, mmapped_mb
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not _glibc(), reason="glibc only")
+def test_large_arrays_come_from_the_heap_once_tuned():
+    # the Dask nanny's MALLOC_TRIM_THRESHOLD_ freezes the 128 kB mmap threshold: 200 MB is mmapped
+    assert _probe("plain") == (0, 0, 200)
+    # tuned: the same allocation comes from the heap (no new mmapped bytes)
+    ok, tuned, mmapped = _probe("tune")
+    assert (ok, tuned) == (1, 1) and mmapped == 0
+    # opt-out
+    assert _probe("tune", {"CROP2SEG_MALLOC_TUNE": "0"}) == (0, 0, 200)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from .dataset import PatchDataset, collate_patches
 from .errors import Crop2SegError, StoreError
 from .kernels.metrics import REGIONS, confusion_matrix, metrics_from_confusion, region_mask
+from .malloc import tune_malloc_for_torch
 from .models import CheckpointError, load_model
 from .nomenclature import CLASS_NAMES, N_CLASSES, NOT_CLASSIFIED
 from .store import open_store
@@ -256,6 +257,7 @@ def evaluate(
     dev = resolve_device(device)
     ds = open_store(dataset_store)
     bands = [str(b) for b in ds["band"].values]
+    tune_malloc_for_torch()  # batch tensors from the heap, not fresh mmaps (see .malloc)
     model, meta = load_model(weights_dir, device=dev, expect_bands=bands, expect_classes=N_CLASSES)
     norm = meta.get("normalization") or {}
     mean, std, ref = norm.get("mean"), norm.get("std"), meta.get("reference_date")

@@ -2,7 +2,8 @@
 
 For growing square areas of a demo scene (all its dates), measures
 
-* the whole pipeline (:func:`crop2seg_pipeline.predict.predict` on a LocalCluster: cube reads,
+* the whole pipeline (:func:`crop2seg_pipeline.predict.predict` on a LocalCluster started as
+  ``crop2seg-predict`` starts it, with :data:`crop2seg_pipeline.cluster.WORKER_ENV`: cube reads,
   windows, model, blending, COG writing) in Mpixel/s;
 * the bare model in one process on the same number of windows as the area's plan (random
   uint16 inputs of the same shape, the same batch size, the same per-batch standardization and
@@ -39,6 +40,7 @@ import numpy as np
 import psutil
 import torch
 
+from crop2seg_pipeline.cluster import worker_environment
 from crop2seg_pipeline.cube import load_cube
 from crop2seg_pipeline.demo import make_demo_scene
 from crop2seg_pipeline.kernels.windows import plan_axis, windows_touching
@@ -160,8 +162,8 @@ def main(argv=None) -> int:
         for rep in range(args.repeat):
             # a fresh cluster per run (client.restart() can hang on a loaded machine): the model
             # load on the workers is part of the measured time
-            with LocalCluster(n_workers=args.workers, threads_per_worker=args.threads_per_worker,
-                              dashboard_address=":0") as lc, Client(lc) as client:
+            with worker_environment(), LocalCluster(n_workers=args.workers, threads_per_worker=args.threads_per_worker,
+                                                    dashboard_address=":0") as lc, Client(lc) as client:
                 client.wait_for_workers(args.workers)
                 with _MemorySampler(client) as mem:
                     s = predict(scene.items, weights, work / f"out-{size}", bbox=bbox, bbox_crs=f"EPSG:{g.epsg}",

@@ -13,6 +13,11 @@ large tensors come from the heap and are reused batch after batch. The price: th
 about one forward pass's working set resident between batches (RSS after the run above: 400 MB
 -> 940 MB); it does not grow with the area predicted. Set ``CROP2SEG_MALLOC_TUNE=0`` to keep
 glibc's settings. It is a no-op where glibc is absent (macOS, Windows, musl).
+
+The threshold only helps allocations from glibc's main arena: a thread with its own arena (Dask
+runs tasks in executor threads) grows 64 MB heaps and mmaps anything larger regardless. Local
+clusters started by this package therefore give workers ``MALLOC_ARENA_MAX=1``
+(:data:`crop2seg_pipeline.cluster.WORKER_ENV`), as do the SLURM/PBS job scripts.
 """
 
 from __future__ import annotations

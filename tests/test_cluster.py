@@ -140,6 +140,9 @@ def test_local_overrides_and_dashboard_on_loopback():
         http = client.cluster.scheduler.http_server
         assert {s.getsockname()[0] for s in http._sockets.values()} == {"127.0.0.1"}
         assert client.dashboard_link.startswith("http://127.0.0.1:")
+        # worker processes get WORKER_ENV on top of the nanny's own settings (see malloc.py)
+        env = client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_ARENA_MAX", "OMP_NUM_THREADS")})
+        assert list(env.values()) == [{"MALLOC_ARENA_MAX": "1", "OMP_NUM_THREADS": "1"}]
 
 
 # ----------------------------------------------------------------------------- an existing scheduler
@@ -360,7 +363,7 @@ def test_bad_jobqueue_values_are_rejected_before_anything_runs(tmp_path, fake_qu
 def test_prologue_is_shell_on_purpose(tmp_path, fake_queue):
     lines = ["module load python/3.11", 'conda activate "crop2seg" && export X=$(hostname)']
     out = describe(str(_write(tmp_path / "p.yaml", _slurm(job_script_prologue=lines))))
-    assert "\n".join(lines) in out
+    assert "export MALLOC_ARENA_MAX=1\n" + "\n".join(lines) in out  # WORKER_ENV first, then the spec's
 
 
 def test_pbs_walltime_and_keys(tmp_path, fake_queue):

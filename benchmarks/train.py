@@ -29,6 +29,7 @@ import torch
 
 from crop2seg_pipeline.dataset import PatchDataset
 from crop2seg_pipeline.evaluate import resolve_device, weighted_cross_entropy
+from crop2seg_pipeline.malloc import tune_malloc_for_torch
 from crop2seg_pipeline.models import build_model
 from crop2seg_pipeline.nomenclature import BANDS, CLASS_NAMES, N_CLASSES
 from crop2seg_pipeline.store import create_skeleton, finalize, read_attrs, write_patches
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", default="benchmark-train.json", help="result file")
     args = ap.parse_args(argv)
+    tune_malloc_for_torch()  # as crop2seg-train does
 
     device = resolve_device(args.device)
     tmp = None

@@ -6,8 +6,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 PROBE = textwrap.dedent(
     """
     import ctypes, sys
@@ -49,8 +47,20 @@ def _probe(mode: str, env: dict | None = None) -> tuple[int, int, int]:
     return ok, tuned, mmapped_mb
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not _glibc(), reason="glibc only")
+def test_tuning_is_a_no_op_without_glibc(monkeypatch):
+    import crop2seg_pipeline.malloc as m
+
+    monkeypatch.setattr(m, "_tuned", False)
+    monkeypatch.setattr(m.sys, "platform", "darwin")
+    assert m.tune_malloc_for_torch() is False and m.malloc_tuned() is False
+
+
 def test_large_arrays_come_from_the_heap_once_tuned():
+    if not (sys.platform.startswith("linux") and _glibc()):  # macOS, Windows, musl: nothing to tune
+        from crop2seg_pipeline.malloc import tune_malloc_for_torch
+
+        assert tune_malloc_for_torch() is False
+        return
     # the Dask nanny's MALLOC_TRIM_THRESHOLD_ freezes the 128 kB mmap threshold: 200 MB is mmapped
     assert _probe("plain") == (0, 0, 200)
     # tuned: the same allocation comes from the heap (no new mmapped bytes)

@@ -746,6 +746,7 @@ def describe(cluster: str | None = None, *, n_workers=None, threads_per_worker=N
         lines = [head, f"# machine: {ncores} cores, {format_bytes(mem)} memory",
                  f"# LocalCluster: {kw['n_workers']} worker {'processes' if kw['processes'] else 'threads'} x "
                  f"{kw['threads_per_worker']} threads, {format_bytes(kw['memory_limit'])} per worker",
+                 "# worker environment: " + " ".join(f"{k}={v}" for k, v in WORKER_ENV.items()),
                  "LocalCluster(", *(f"    {k}={v!r}," for k, v in kw.items()), ")"]
         return "\n".join(lines)
     cls = _jobqueue_class(kind)

@@ -442,8 +442,10 @@ def test_cli_dry_runs(fake_queue):
     assert r.exit_code == 0, r.output
     assert "LocalCluster(" in r.output and "n_workers=2" in r.output and "memory_limit=1000000000" in r.output
     assert "dashboard_address='127.0.0.1:8787'" in r.output
+    assert "# worker environment: MALLOC_ARENA_MAX=1" in r.output  # what connect() gives the workers
     r = runner.invoke(cluster_cmd, ["slurm", "--dry-run"])
     assert r.exit_code == 0, r.output
+    assert "export MALLOC_ARENA_MAX=1" in r.output
     assert r.output.count("#SBATCH") >= 5 and "--lifetime 55m --lifetime-stagger 4m" in r.output
     r = runner.invoke(cluster_cmd, ["slurm-gpu", "--dry-run", "--dashboard-address", ":8787"])
     assert r.exit_code == 0 and "#SBATCH --gres=gpu:1" in r.output and "dashboard :8787" in r.output

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
-from .cli import build_dataset_cmd, demo_scene_cmd
-from .cli_cluster import cluster_cmd
-from .cli_models import evaluate_cmd, train_cmd
-from .cli_predict import predict_cmd
+from .cli.build import build_dataset_cmd
+from .cli.cluster import cluster_cmd
+from .cli.demo import demo_scene_cmd
+from .cli.evaluate import evaluate_cmd
+from .cli.predict import predict_cmd
+from .cli.train import train_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

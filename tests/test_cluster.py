@@ -20,7 +20,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from crop2seg_pipeline.cli_cluster import cluster_cmd
+from crop2seg_pipeline.cli.cluster import cluster_cmd
 from crop2seg_pipeline.cluster import (
     KEYS,
     ClusterSpecError,
@@ -459,7 +459,7 @@ def test_cli_dry_runs(fake_queue):
 def test_cli_keeps_a_local_cluster_running_until_ctrl_c(tmp_path):
     spec = _write(tmp_path / "two.yaml", {"type": "local", "n_workers": 1, "memory_limit": "500MB",
                                           "dashboard_address": "127.0.0.1:0"})
-    proc = subprocess.Popen([sys.executable, "-m", "crop2seg_pipeline.cli_cluster", str(spec)],
+    proc = subprocess.Popen([sys.executable, "-m", "crop2seg_pipeline.cli.cluster", str(spec)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = []

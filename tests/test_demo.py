@@ -427,7 +427,7 @@ def test_demo_scene_command(tmp_path):
     """The command writes a scene and says where; bad parameters give a clear error, no traceback."""
     from click.testing import CliRunner
 
-    from crop2seg_pipeline.cli import demo_scene_cmd
+    from crop2seg_pipeline.cli.demo import demo_scene_cmd
 
     res = CliRunner().invoke(demo_scene_cmd, [str(tmp_path / "s"), "--size", "128", "--dates", "3", "--seed", "4", "-q"])
     assert res.exit_code == 0, res.output

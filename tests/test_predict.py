@@ -435,7 +435,7 @@ def test_bad_options(small_scene, weights):
 
 def test_cli_names_missing_demo_weights(monkeypatch, tmp_path):
     from crop2seg_pipeline import predict as predict_module
-    from crop2seg_pipeline.cli_predict import predict_cmd
+    from crop2seg_pipeline.cli.predict import predict_cmd
 
     monkeypatch.setattr(predict_module, "default_demo_weights", lambda: tmp_path / "demo_weights")
     res = CliRunner().invoke(predict_cmd, [])
@@ -444,7 +444,7 @@ def test_cli_names_missing_demo_weights(monkeypatch, tmp_path):
 
 
 def test_cli_predicts(tmp_path, small_scene, weights):
-    from crop2seg_pipeline.cli_predict import predict_cmd
+    from crop2seg_pipeline.cli.predict import predict_cmd
 
     res = CliRunner().invoke(predict_cmd, [
         "--items", str(small_scene.items), "--weights", str(weights), "--out", str(tmp_path / "o"),

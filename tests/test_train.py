@@ -11,7 +11,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from crop2seg_pipeline.cli_models import evaluate_cmd, train_cmd
+from crop2seg_pipeline.cli.evaluate import evaluate_cmd
+from crop2seg_pipeline.cli.train import train_cmd
 from crop2seg_pipeline.errors import Crop2SegError, StoreError
 from crop2seg_pipeline.evaluate import evaluate
 from crop2seg_pipeline.models import CheckpointError, build_model, load_model, save_weights

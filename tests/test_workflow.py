@@ -9,10 +9,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from crop2seg_pipeline.cli import build_dataset_cmd, demo_scene_cmd
-from crop2seg_pipeline.cli_cluster import cluster_cmd
-from crop2seg_pipeline.cli_models import evaluate_cmd, train_cmd
-from crop2seg_pipeline.cli_predict import predict_cmd
+from crop2seg_pipeline.cli.build import build_dataset_cmd
+from crop2seg_pipeline.cli.demo import demo_scene_cmd
+from crop2seg_pipeline.cli.cluster import cluster_cmd
+from crop2seg_pipeline.cli.evaluate import evaluate_cmd
+from crop2seg_pipeline.cli.train import train_cmd
+from crop2seg_pipeline.cli.predict import predict_cmd
 from crop2seg_pipeline.stac_search import Window, search_windows
 from crop2seg_pipeline.store import open_store
 from crop2seg_pipeline.workflow import WorkflowError, defaults_for, load

@@ -10,11 +10,12 @@ import time
 
 import click
 
-from .workflow import workflow_option
-from .errors import Crop2SegError
+from ..errors import Crop2SegError
+from ..workflow import workflow_option
+from . import CONTEXT
 
 
-@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT)
 @workflow_option("cluster")
 @click.argument("spec", default="local")
 @click.option("--dry-run", is_flag=True,
@@ -31,7 +32,7 @@ def cluster_cmd(spec, dry_run, workers, threads_per_worker, memory_limit, dashbo
     path of a spec YAML, or a scheduler address (tcp://HOST:PORT). Prints the scheduler address
     to pass to other commands as --cluster, and the dashboard link.
     """
-    from .cluster import connect, describe
+    from ..cluster import connect, describe
 
     overrides = dict(n_workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit,
                      dashboard_address=dashboard_address)

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import click
 
-from .workflow import workflow_option
-from .cli import _floats, _setup_logging, quiet_opt, verbose_opt
-from .errors import Crop2SegError
+from ..errors import Crop2SegError
+from ..workflow import workflow_option
+from . import CONTEXT, parse_floats, quiet_opt, setup_logging, verbose_opt
 
 log = logging.getLogger("crop2seg_pipeline")
 
 DEMO_OUT = "prediction"
 
 
-@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT)
 @workflow_option("predict")
 @click.option("--items", help="STAC ItemCollection JSON (path or URL). Default: the embedded demo scene.")
 @click.option("--weights", type=click.Path(), help="Weights folder (weights.pt + model.json). Default: the shipped demo weights.")
@@ -53,10 +53,10 @@ def predict_cmd(items, weights, out, parcels, mapping, id_column, crop_column, l
     class per parcel); with --probabilities OUT/probabilities.zarr. With no arguments, predicts
     the embedded demo scene with the shipped demo weights.
     """
-    _setup_logging(verbose, quiet)
-    from .build import default_demo_paths
-    from .cluster import connect
-    from .predict import default_demo_weights, predict
+    setup_logging(verbose, quiet)
+    from ..build import default_demo_paths
+    from ..cluster import connect
+    from ..predict import default_demo_weights, predict
 
     if weights is None:
         weights = default_demo_weights()
@@ -68,7 +68,7 @@ def predict_cmd(items, weights, out, parcels, mapping, id_column, crop_column, l
                 "(or pass --weights DIR)"
             )
     if items is None:
-        from .demo import make_demo_scene
+        from ..demo import make_demo_scene
 
         scene_dir, _ = default_demo_paths()
         click.echo(f"no --items given: using the embedded demo scene in {scene_dir}/")
@@ -87,7 +87,7 @@ def predict_cmd(items, weights, out, parcels, mapping, id_column, crop_column, l
             click.echo(f"Dask dashboard: {client.dashboard_link}")
             summary = predict(
                 items, weights, out, parcels=parcels, mapping=mapping, id_column=id_column, crop_column=crop_column,
-                layer=layer, bbox=_floats(bbox, 4, "--bbox"), bbox_crs=bbox_crs, start=start, end=end,
+                layer=layer, bbox=parse_floats(bbox, 4, "--bbox"), bbox_crs=bbox_crs, start=start, end=end,
                 overlap=overlap, batch_size=batch_size, device=device, chunksize=chunksize,
                 probabilities=probabilities, client=client,
             )
@@ -97,11 +97,3 @@ def predict_cmd(items, weights, out, parcels, mapping, id_column, crop_column, l
     except Crop2SegError as e:
         raise click.ClickException(str(e)) from e
     click.echo(summary.format())
-
-
-def main() -> None:  # pragma: no cover
-    predict_cmd()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

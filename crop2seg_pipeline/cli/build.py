@@ -1,0 +1,100 @@
+"""``crop2seg-build-dataset``: a thin click wrapper over :func:`crop2seg_pipeline.build.build_dataset`."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import click
+
+from ..errors import Crop2SegError
+from ..workflow import workflow_option
+from . import CONTEXT, fail, parse_floats, quiet_opt, setup_logging, verbose_opt, workers_ignore_sigint
+
+
+@click.command(context_settings=CONTEXT)
+@workflow_option("build-dataset")
+@click.option("--items", help="STAC ItemCollection JSON (path or URL). Default: the embedded demo scene.")
+@click.option("--parcels", type=click.Path(dir_okay=False), help="LPIS parcels (GPKG, SHP, GeoJSON, FlatGeobuf, GeoParquet; any CRS).")
+@click.option("--out", type=click.Path(), help="Zarr patch store to write. Default: crop2seg-demo/patches.zarr.")
+@click.option("--mapping", type=click.Path(dir_okay=False, exists=True), help="Crop code -> class id CSV. Default: the shipped Czech table.")
+@click.option("--id-column", default="ID_DPB", help="Parcel id attribute.")
+@click.option("--crop-column", default="KOD_PLODINY", help="Crop code attribute.")
+@click.option("--layer", default=None, help="Layer of a multi-layer parcel file.")
+@click.option("--patch-size", default=128, type=int, help="Patch side in pixels.")
+@click.option("--bbox", default=None, help="Area of interest 'minx,miny,maxx,maxy' (in --bbox-crs).")
+@click.option("--bbox-crs", default="EPSG:4326", help="CRS of --bbox.")
+@click.option("--start", default=None, help="First date (YYYY-MM-DD).")
+@click.option("--end", default=None, help="Last date (YYYY-MM-DD).")
+@click.option("--max-cloud", default=None, type=float, help="Drop items whose eo:cloud_cover (%) is above this.")
+@click.option("--min-crop-cover", default=0.3, type=float, help="Keep patches with at least this share of crop pixels.")
+@click.option("--min-date-clear", default=0.0, type=float, help="Drop a tile's dates whose clear-sky share is at most this.")
+@click.option("--split", default="0.7,0.15,0.15", help="train,val,test shares (assigned by spatial blocks).")
+@click.option("--split-block", default=2, type=int, help="Side of a split block, in patches.")
+@click.option("--seed", default=0, type=int, help="Seed of the split assignment.")
+@click.option("--chunk-patches", default=4, type=int, help="Work chunk side in patches (memory per task grows with its square).")
+@click.option("--resampling-20m", default="nearest", type=click.Choice(["nearest", "bilinear", "cubic", "average"]), help="How 20 m bands reach 10 m.")
+@click.option("--cluster", default="local", help="A spec name (local, slurm, slurm-gpu, pbs, existing: see crop2seg-cluster --dry-run), a spec YAML path, or a scheduler address tcp://HOST:PORT.")
+@click.option("--workers", default=None, type=int, help="Local clusters only: number of workers (default: one per core).")
+@click.option("--threads-per-worker", default=None, type=int, help="Local cluster: threads per worker (default 1).")
+@click.option("--memory-limit", default=None, help="Local cluster: memory limit per worker, e.g. 4GB.")
+@click.option("--overwrite", is_flag=True, help="Rebuild an existing patch store from scratch.")
+@click.option("--demo-size", default=1024, type=int, help="Size of the embedded demo scene when --items is not given.")
+@verbose_opt
+@quiet_opt
+def build_dataset_cmd(items, parcels, out, mapping, id_column, crop_column, layer, patch_size, bbox, bbox_crs,
+                      start, end, max_cloud, min_crop_cover, min_date_clear, split, split_block, seed, chunk_patches,
+                      resampling_20m, cluster, workers, threads_per_worker, memory_limit, overwrite, demo_size,
+                      verbose, quiet):
+    """Build a Zarr patch dataset from Sentinel-2 STAC items and LPIS parcels, on a Dask cluster.
+
+    With no arguments, generates the embedded demo scene under ./crop2seg-demo/ and builds
+    ./crop2seg-demo/patches.zarr. Re-running the same command after an interruption finishes
+    only the missing patches.
+    """
+    setup_logging(verbose, quiet)
+    from ..build import BuildConfig, build_dataset, default_demo_paths
+    from ..cluster import connect
+
+    if (items is None) != (parcels is None):
+        raise click.UsageError("give both --items and --parcels, or neither (to build the demo)")
+    if items is None:
+        from ..demo import make_demo_scene
+
+        scene_dir, default_out = default_demo_paths()
+        click.echo(f"no --items/--parcels given: using the embedded demo scene in {scene_dir}/")
+        try:
+            scene = make_demo_scene(scene_dir, size=demo_size)
+        except Crop2SegError as e:
+            raise fail(e) from e
+        items, parcels = str(scene.items), str(scene.parcels)
+        mapping = mapping or str(scene.mapping)
+        out = out or str(default_out)
+    if out is None:
+        raise click.UsageError("--out is required with --items")
+    try:
+        cfg = BuildConfig(
+            items=items, parcels=parcels, out=out, mapping=mapping, id_column=id_column, crop_column=crop_column,
+            layer=layer, patch_size=patch_size, bbox=parse_floats(bbox, 4, "--bbox"), bbox_crs=bbox_crs, start=start,
+            end=end, max_cloud=max_cloud, min_crop_cover=min_crop_cover, min_date_clear=min_date_clear,
+            split=parse_floats(split, 3, "--split"), split_block=split_block, seed=seed, chunk_patches=chunk_patches,
+            resampling_20m=resampling_20m,
+        )
+        cfg.validate()
+        with contextlib.ExitStack() as stack:
+            with workers_ignore_sigint(cluster):
+                client = stack.enter_context(
+                    connect(cluster, n_workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit)
+                )
+            click.echo(f"Dask dashboard: {client.dashboard_link}")
+            try:
+                summary = build_dataset(config=cfg, client=client, overwrite=overwrite)
+            except KeyboardInterrupt:
+                click.echo(
+                    "\ninterrupted: patches written so far are kept; run the same command again to resume.",
+                    err=True,
+                )
+                sys.exit(130)
+    except Crop2SegError as e:
+        raise fail(e) from e
+    click.echo(summary.format())

@@ -6,7 +6,6 @@ subprocesses, and a SLURMCluster whose ``sbatch`` is a stand-in that runs the jo
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal

@@ -28,6 +28,7 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from stackstac.rio_reader import DEFAULT_GDAL_ENV, AutoParallelRioReader
 
+from .access import redact, resolve_href
 from .errors import EmptySelectionError, ReadError
 from .grid import Grid
 from .items import ItemsLike, normalize_items, require_single_crs, select_items
@@ -73,7 +74,7 @@ class RetryingReader(AutoParallelRioReader):
                     return super().read(window, **kwargs)
                 return self._read_direct(window, *direct)
             except Exception as e:  # stackstac wraps GDAL errors in RuntimeError
-                text = str(e)
+                text = redact(str(e))
             permanent = any(p in text for p in self._PERMANENT)
             if permanent or attempt == self.retries:
                 break
@@ -95,10 +96,10 @@ class RetryingReader(AutoParallelRioReader):
         ds = getattr(local, "ds", None)
         if ds is None:
             with self.gdal_env.open:
-                try:
-                    ds = local.ds = rasterio.open(self.url, sharing=False)
+                try:  # signed/resolved at open time, never stored (crop2seg_pipeline.access)
+                    ds = local.ds = rasterio.open(resolve_href(self.url), sharing=False)
                 except Exception as e:  # noqa: BLE001 (reported by read())
-                    raise RuntimeError(f"Error opening {self.url!r}: {e!r}") from None
+                    raise RuntimeError(f"Error opening {self.url!r}: {redact(repr(e))}") from None
         return ds
 
     def _direct_offset(self) -> tuple[int, int] | None:

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 MARKER = ".crop2seg-mirror.json"
 _CHUNK = 1 << 20
+_STREAM_CHUNK = 1 << 16
 _TRANSIENT_HTTP = (408, 425, 429, 500, 502, 503, 504)
 #: multihash function codes -> hashlib constructors
 _MULTIHASH = {
@@ -308,7 +309,7 @@ def _http_fetch(job: FileJob, part: Path, policy: RetryPolicy) -> int | None:
             elif r.headers.get("Content-Length", "").isdigit():
                 total = int(r.headers["Content-Length"])
             with open(part, mode) as f:
-                for block in r.iter_content(_CHUNK):
+                for block in r.iter_content(_STREAM_CHUNK):  # small blocks: a dropped connection keeps most
                     f.write(block)
             got = part.stat().st_size
             if total is not None and got < total:

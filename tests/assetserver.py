@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
-from httpserver import running
+from httpserver import running, send_file
 
 
 def _sig(secret: str, container: str, se: str) -> str:
@@ -106,32 +106,7 @@ class _AssetHandler(BaseHTTPRequestHandler):
         path = s.root / rel
         if container != s.container or not path.is_file():
             return self._empty(404)
-        size = path.stat().st_size
-        start, end = 0, size - 1
-        rng = self.headers.get("Range")
-        if rng and rng.startswith("bytes="):
-            a, _, b = rng[6:].partition("-")
-            start = int(a) if a else max(size - int(b), 0)
-            end = min(int(b), size - 1) if (a and b) else size - 1
-            if start >= size:
-                return self._empty(416)
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        else:
-            self.send_response(200)
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(end - start + 1))
-        self.end_headers()
-        if body:
-            with open(path, "rb") as f:
-                f.seek(start)
-                data = f.read(end - start + 1)
-            if cut is not None:  # a connection that drops mid-file
-                self.wfile.write(data[:cut])
-                self.wfile.flush()
-                self.close_connection = True
-                return
-            self.wfile.write(data)
+        send_file(self, path, body, cut)
 
     def do_GET(self) -> None:  # noqa: N802
         self._serve(True)

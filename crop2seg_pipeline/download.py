@@ -36,9 +36,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import Crop2SegError, EmptySelectionError, ReadError
+from .errors import Crop2SegError, EmptySelectionError
 from .items import normalize_items, read_items, select_items
-from .nomenclature import BANDS, SCL
+from .nomenclature import BANDS
 
 __all__ = ["DownloadError", "FileJob", "mirror", "plan_mirror", "fetch_file", "verify_multihash", "MirrorSummary"]
 

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -377,27 +377,6 @@ def read_area(path: str | os.PathLike) -> dict:
         gdf = gdf.to_crs(4326)
     geom = shapely.union_all(gdf.geometry.make_valid().values)
     return shapely.geometry.mapping(geom)
-
-
-@dataclass
-class SearchRequest:
-    """Everything ``crop2seg-search`` and a workflow's ``items: {stac: ...}`` need, validated."""
-
-    url: str
-    collection: str
-    windows: list[Window]
-    bbox: tuple[float, ...] | None = None
-    intersects: dict | None = None
-    tiles: list[str] | None = None
-    max_per_window: int | None = None
-    provider: Provider | None = None
-    limit: int = 100
-    extra: dict = field(default_factory=dict)
-
-    def run(self, progress: Callable[[str], None] | None = None) -> list[dict]:
-        return search_windows(self.url, self.collection, windows=self.windows, bbox=self.bbox,
-                              intersects=self.intersects, tiles=self.tiles, max_per_window=self.max_per_window,
-                              provider=self.provider, limit=self.limit, progress=progress)
 
 
 def provider_for(name: str | None, url: str | None) -> tuple[Provider | None, str]:

@@ -91,7 +91,7 @@ def test_cube_reads_signed_assets_and_never_keeps_the_token(small_scene, signing
     assert 1 <= len(tokens.requests) <= 4  # per-process cache: not one token per file
     assert all("sig=" not in a["href"] for it in items for a in it["assets"].values())  # items untouched
     ours = [r.getMessage() for r in caplog.records if r.name.startswith("crop2seg_pipeline")]
-    assert ours is not None and not any("sig=" in m for m in ours)  # (rasterio's own DEBUG log names datasets)
+    assert not any("sig=" in m for m in ours)  # (rasterio's own DEBUG log names datasets)
 
 
 def test_s3_hrefs_become_gdal_paths_and_cdse_needs_its_endpoint(monkeypatch):

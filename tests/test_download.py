@@ -13,7 +13,6 @@ from assetserver import remote_items, serve_assets, serve_tokens
 from crop2seg_pipeline.cli.download import download_cmd
 from crop2seg_pipeline.cube import load_cube
 from crop2seg_pipeline.download import DownloadError, RetryPolicy, mirror, verify_multihash
-from crop2seg_pipeline.errors import Crop2SegError
 
 FAST = RetryPolicy(attempts=5, backoff_s=0.01, timeout_s=20)
 

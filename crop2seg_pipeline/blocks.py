@@ -41,7 +41,8 @@ import rasterio.enums
 import rasterio.vrt
 import rasterio.windows
 
-from .errors import ReadError
+from .access import gdal_options, invalidate_tokens, redact, resolve_href
+from .errors import Crop2SegError, ReadError
 from .grid import Grid
 from .kernels.s2 import harmonize_offsets, take_first_valid, upsample2
 from .nomenclature import BANDS, NATIVE_RESOLUTION, SCL
@@ -210,7 +211,10 @@ class _File:
 
     @classmethod
     def open(cls, href: str) -> "_File":
-        ds = rasterio.open(href, sharing=False)
+        # signed / translated at open time and used for this open only (crop2seg_pipeline.access):
+        # the cache, messages and graphs keep the unsigned href
+        with rasterio.Env(**gdal_options(href)):
+            ds = rasterio.open(resolve_href(href), sharing=False)
         epsg = ds.crs.to_epsg() if ds.crs is not None else None
         return cls(ds, epsg, tuple(ds.transform)[:6], ds.height, ds.width, ds.count, ds.nodata)  # type: ignore[arg-type]
 
@@ -288,18 +292,25 @@ def _open(ref: AssetRef | str) -> _File:
 
 
 def _with_retries(ref: AssetRef | str, read):
-    """``read(file)`` with transient errors retried; permanent ones become ReadError at once."""
+    """``read(file)`` with transient errors retried; permanent ones become ReadError at once.
+
+    A refused signed URL (HTTP 401/403: an expired token) gets one more try with fresh tokens.
+    """
     href = ref.href if isinstance(ref, AssetRef) else ref
-    attempt = 0
+    attempt, renewed = 0, False
     while True:
         try:
             return read(_open(ref))
-        except ReadError:
+        except Crop2SegError:  # ours already say what is wrong (a file disagreeing with its item, access)
             raise
         except Exception as e:  # rasterio/GDAL errors have many types
-            text = f"{type(e).__name__}: {e}"
-        permanent = any(p in text for p in _PERMANENT)
+            text = redact(f"{type(e).__name__}: {e}")
         _FILES.drop(href)
+        if not renewed and ("HTTP response code: 403" in text or "HTTP response code: 401" in text):
+            renewed = True
+            invalidate_tokens()
+            continue
+        permanent = any(p in text for p in _PERMANENT)
         if permanent or attempt >= RETRIES:
             break
         log.warning("read of %s failed (attempt %d), retrying: %s", href, attempt + 1, text)

@@ -1,10 +1,14 @@
 """Tests of Crop2Seg's Time-Unet and W-TAE, utae-paps' UNet3D, and the model registry.
 
-``tests/data/reference_state_dicts.json`` holds the ``state_dict`` keys and shapes of the
-reference classes (Crop2Seg ``TimeUNet_v1`` / ``WTAE``, utae-paps ``UNet3D``) instantiated with
-10 bands and 15 classes, written by instantiating the reference code itself. Outputs were
-cross-checked against the reference classes outside the test suite (the reference code is not
-vendored): identical state_dicts load with ``strict=True`` and give the same logits.
+Two data files pin the reference implementations (Crop2Seg ``TimeUNet_v1`` / ``WTAE``,
+utae-paps ``UNet3D``; their code is not vendored), both written by running the reference classes
+themselves:
+
+- ``tests/data/reference_state_dicts.json``: ``state_dict`` keys, shapes and parameter counts
+  with 10 bands and 15 classes;
+- ``tests/data/reference_outputs.json``: logits (summarised by :func:`golden_summary`) of the
+  reference classes in eval mode, with the weights of :func:`deterministic_fill` and the input
+  of :func:`deterministic_batch`, for small and default configurations and the date options.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from crop2seg_pipeline.models import (
 from crop2seg_pipeline.models.ltae import day_of_year
 from crop2seg_pipeline.models.registry import ARCHITECTURES
 
-REFERENCE = json.loads((Path(__file__).parent / "data" / "reference_state_dicts.json").read_text())
+DATA = Path(__file__).parent / "data"
+REFERENCE = json.loads((DATA / "reference_state_dicts.json").read_text())
+GOLDEN = json.loads((DATA / "reference_outputs.json").read_text())
 NEW = {"timeunet": TimeUNet, "wtae": WTAE, "unet3d": UNet3D}
 
 #: parameters with 10 bands and 15 classes (the README's table)
@@ -146,6 +152,74 @@ def test_bad_names_and_configs():
     with pytest.raises(ModelConfigError, match="feats=0"):
         UNet3D(feats=0)
     assert issubclass(ModelConfigError, Crop2SegError)
+
+
+def deterministic_fill(model: nn.Module) -> None:
+    """Set every parameter and BatchNorm statistic from a closed formula (no RNG): entry ``i`` of
+    the state_dict follows ``w = sin(0.37 k + 1.3 i)``, scaled like a He initialisation for
+    weight tensors (``w * sqrt(2 / fan_in)``), ``1 + 0.2 w`` for norm scales, ``0.1 w`` for biases
+    and running means, ``0.75 + 0.25 w`` for running variances; the one-hot day-of-year
+    embeddings get ``w``."""
+    with torch.no_grad():
+        for i, (key, value) in enumerate(model.state_dict().items()):
+            if not value.is_floating_point():
+                continue
+            wave = torch.sin(0.37 * torch.arange(value.numel(), dtype=torch.float64) + 1.3 * i)
+            wave = wave.reshape(value.shape)
+            if key.endswith("running_var"):
+                wave = 0.75 + 0.25 * wave
+            elif key.endswith(("bias", "running_mean")):
+                wave = 0.1 * wave
+            elif value.dim() == 1:
+                wave = 1 + 0.2 * wave
+            elif not ("positional" in key and value.shape[-1] == 365):
+                wave = wave * math.sqrt(2.0 / (value.numel() // value.shape[0]))
+            value.copy_(wave.to(value.dtype))
+
+
+def deterministic_batch(t: int, size: int, n_pad: int):
+    """``(2, t, 10, size, size)`` input from a formula; the second sample's last ``n_pad`` dates
+    are zero padding; positions are days since 2018-09-01."""
+    k = torch.arange(2 * t * 10 * size * size, dtype=torch.float64)
+    x = torch.sin(0.013 * k + 0.5 * torch.cos(0.0007 * k)).reshape(2, t, 10, size, size).float()
+    pos = torch.tensor([[17.0 + 29 * j for j in range(t)], [40.0 + 33 * j for j in range(t)]])
+    if n_pad:
+        x[1, t - n_pad:] = 0
+        pos[1, t - n_pad:] = 0
+    return x, pos
+
+
+def golden_summary(logits: torch.Tensor) -> list[float]:
+    """Per-sample per-class spatial means, then the logits at four pixels."""
+    means = logits.mean(dim=(2, 3)).flatten()
+    h, w = logits.shape[2:]
+    pixels = logits[:, :, [0, h // 3, h // 2, h - 1], [0, w - 1, w // 2, w // 5]].flatten()
+    return [float(v) for v in torch.cat([means, pixels])]
+
+
+@pytest.mark.parametrize("case", sorted(k for k in GOLDEN if not k.startswith("_")))
+def test_outputs_equal_the_reference_implementation(case):
+    """Logits of the reference classes (with the deterministic weights above) were written to
+    tests/data/reference_outputs.json; ours, loading that state_dict, give the same."""
+    spec = GOLDEN[case]
+    model = ARCHITECTURES[spec["architecture"]](**spec["config"]).eval()
+    deterministic_fill(model)
+    x, pos = deterministic_batch(**spec["batch"])
+    with torch.no_grad():
+        got = golden_summary(model(x, pos))
+    assert got == pytest.approx(spec["summary"], rel=1e-4, abs=1e-5)
+
+
+def test_day_of_year_embedding_is_the_reference_one_hot_linear():
+    from crop2seg_pipeline.models.ltae import DayOfYearEncoder
+
+    torch.manual_seed(0)
+    enc = DayOfYearEncoder(4, repeat=3)
+    doy = torch.arange(1, 365)[None]
+    onehot = nn.functional.one_hot(doy, 365).float() @ enc.fc.weight.t() + enc.fc.bias
+    assert torch.allclose(enc(doy), onehot.repeat(1, 1, 3), atol=1e-6)
+    # days 365 and 366 (where the reference fails) share day 364's embedding
+    assert torch.equal(enc(torch.tensor([[365, 366]])), enc(torch.tensor([[364, 364]])))
 
 
 # ------------------------------------------------------------------------- forward

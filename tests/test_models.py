@@ -349,7 +349,8 @@ def test_reference_norm_is_not_pad_invariant_but_equal_without_padding():
     assert leak > 1e-4
 
 
-def test_few_adam_steps_reduce_loss():
+@pytest.mark.parametrize("name", ["utae-small", "timeunet-small", "wtae-small", "unet3d-small"])
+def test_few_adam_steps_reduce_loss(name):
     torch.manual_seed(0)
     b, t, c, s = 2, 5, 10, 32
     label = torch.zeros(b, s, s, dtype=torch.long)
@@ -366,7 +367,7 @@ def test_few_adam_steps_reduce_loss():
         x[:, :, 0] += a0 * ramp[None, :, None, None] * m
         x[:, :, 1] += a1 * ramp.flip(0)[None, :, None, None] * m
     pos = torch.tensor([[0.0, 30, 60, 90, 120]] * b)
-    model = build_model("utae-small", n_classes=15)
+    model = build_model(name, n_classes=15)
     opt = torch.optim.Adam(model.parameters(), lr=2e-2)
     loss_fn = nn.CrossEntropyLoss(ignore_index=14)
     losses = []

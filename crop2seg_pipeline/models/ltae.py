@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -193,14 +194,18 @@ class MultiHeadAttention(nn.Module):
         return output, attn
 
 
-def pixel_attention(x: torch.Tensor, pe: torch.Tensor | None, pad_mask: torch.Tensor | None,
-                    in_norm: nn.GroupNorm, inconv: nn.Module | None, attention: MultiHeadAttention,
+def pixel_attention(x: torch.Tensor, batch_positions: torch.Tensor | None,
+                    encode_dates: Callable[[torch.Tensor], torch.Tensor] | None,
+                    pad_mask: torch.Tensor | None, in_norm: nn.GroupNorm, inconv: nn.Module | None,
+                    attention: MultiHeadAttention,
                     mask_padded_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-pixel core of an L-TAE: input norm, projection, date encoding, attention.
 
     Args:
         x: ``(batch, time, channels, h, w)`` feature maps.
-        pe: ``(batch, time, d_model)`` date encoding added after the projection, or None.
+        batch_positions: ``(batch, time)`` days since the reference date.
+        encode_dates: ``batch_positions`` -> ``(batch, time, d_model)`` encoding added after the
+            projection, or None (no date encoding; ``batch_positions`` may then be None).
         pad_mask: ``(batch, time)`` bool, True on padded dates, or None.
         in_norm: the input GroupNorm (statistics over valid dates only with
             ``mask_padded_norm``).
@@ -212,6 +217,12 @@ def pixel_attention(x: torch.Tensor, pe: torch.Tensor | None, pad_mask: torch.Te
         attention ``(n_head, batch*h*w, time)``, pixels in ``(batch, h, w)`` order.
     """
     b, t, c, h, w = x.shape
+    pe = None
+    if encode_dates is not None:
+        if batch_positions is None:
+            raise ValueError("batch_positions (batch, time) is required: the L-TAE encodes "
+                             "acquisition dates as days since the reference date")
+        pe = encode_dates(batch_positions)
     out = x.permute(0, 3, 4, 1, 2).reshape(b * h * w, t, c)
     pix_mask = None
     if pad_mask is not None:
@@ -340,14 +351,9 @@ class LTAE2d(nn.Module):
             ``(n_head, batch, time, h, w)``.
         """
         b, t, c, h, w = x.shape
-        pe = None
-        if self.positional_encoder is not None:
-            if batch_positions is None:
-                raise ValueError("batch_positions (batch, time) is required: the L-TAE encodes "
-                                 "acquisition dates as days since the reference date")
-            pe = self.positional_encoder(batch_positions)  # (b, t, d_model)
-        out, attn = pixel_attention(x, pe, pad_mask, self.in_norm, self.inconv,
-                                    self.attention_heads, self.mask_padded_norm)
+        out, attn = pixel_attention(x, batch_positions, self.positional_encoder, pad_mask,
+                                    self.in_norm, self.inconv, self.attention_heads,
+                                    self.mask_padded_norm)
         out = out.permute(1, 0, 2).reshape(b * h * w, -1)  # concatenate heads
         out = self.out_norm(self.dropout(self.mlp(out)))
         out = out.view(b, h, w, -1).permute(0, 3, 1, 2)
@@ -484,14 +490,9 @@ class Crop2SegLTAE(nn.Module):
             ``(n_head, batch, time, h, w)``; attention only: ``attn`` alone.
         """
         b, t, c, h, w = x.shape
-        pe = None
-        if self.positional_encoder is not None:
-            if batch_positions is None:
-                raise ValueError("batch_positions (batch, time) is required: the L-TAE encodes "
-                                 "acquisition dates as days since the reference date")
-            pe = self.encode_dates(batch_positions)
-        heads, attn = pixel_attention(x, pe, pad_mask, self.in_norm, self.inconv,
-                                      self.attention_head, self.mask_padded_norm)
+        encode = self.encode_dates if self.positional_encoder is not None else None
+        heads, attn = pixel_attention(x, batch_positions, encode, pad_mask, self.in_norm,
+                                      self.inconv, self.attention_head, self.mask_padded_norm)
         attn = attn.view(self.n_head, b, h, w, t).permute(0, 1, 4, 2, 3)
         if self.attention_only:
             return attn

@@ -22,25 +22,21 @@ the reference date; logits ``(batch, class, y, x)``; ``y``, ``x`` multiples of `
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
 import torch
 
-from .base import ModelConfigError, SegmentationModel
-from .ltae import Crop2SegLTAE
-from .utae import ConvBlock, check_unet_widths, decoder_blocks, encoder_blocks, shared_forward, \
-    unet_forward
+from .collapse_unet import TimeCollapseUNet
 
 __all__ = ["TimeUNet"]
 
 
-class TimeUNet(SegmentationModel):
+class TimeUNet(TimeCollapseUNet):
     """Time-Unet (Crop2Seg ``TimeUNet_v1``) for image time series segmentation.
 
     Args:
         input_dim: input bands.
-        encoder_widths: widths of the 2D U-Net encoder, full to lowest resolution;
-            ``encoder_widths[0]`` is also the width of the conv stem and of the L-TAE output.
+        encoder_widths: widths of the 2D U-Net encoder, full to lowest resolution (default
+            ``(64, 64, 64, 128)``); ``encoder_widths[0]`` is also the width of the conv stem and
+            of the L-TAE output.
         decoder_widths: decoder widths (same length and last width as the encoder); ``None``:
             the encoder widths.
         out_conv: widths of the output head after ``decoder_widths[0]``, the last one the number
@@ -59,95 +55,19 @@ class TimeUNet(SegmentationModel):
             ISO date of ``model.json["reference_date"]``).
         mask_padded_norm: padded dates are left out of the L-TAE input norm (default), so the
             output for a sample never depends on how much it was padded; ``False``: reference.
+
+    Crop2Seg's ``conv_type``, ``add_squeeze_excit`` and ``num_queries`` options are not
+    implemented. :meth:`forward` with ``return_att`` also returns the full-resolution attention
+    ``(n_head, batch, time, y, x)``.
     """
 
     architecture = "timeunet"
     display_name = "Time-Unet"
 
-    def __init__(
-        self,
-        input_dim: int = 10,
-        encoder_widths: Sequence[int] = (64, 64, 64, 128),
-        decoder_widths: Sequence[int] | None = (32, 32, 64, 128),
-        out_conv: Sequence[int] = (32, 20),
-        str_conv_k: int = 4,
-        str_conv_s: int = 2,
-        str_conv_p: int = 1,
-        encoder_norm: str | None = "group",
-        n_head: int = 16,
-        d_model: int = 256,
-        d_k: int = 4,
-        pad_value: float = 0,
-        padding_mode: str = "reflect",
-        T: float = 1000,
-        use_doy: bool = False,
-        use_abs_rel_enc: bool = False,
-        add_linear: bool = False,
-        reference_date: str | None = None,
-        mask_padded_norm: bool = True,
-    ):
-        super().__init__()
-        enc = [int(v) for v in encoder_widths]
-        dec = list(enc) if decoder_widths is None else [int(v) for v in decoder_widths]
-        out_conv = [int(v) for v in out_conv]
-        problems = [] if input_dim >= 1 else [f"input_dim={input_dim} must be >= 1"]
-        problems += check_unet_widths(enc, dec, out_conv, encoder_norm)
-        if enc and (d_model % n_head or enc[0] % n_head):
-            problems.append(f"n_head={n_head} must divide d_model={d_model} and "
-                            f"encoder_widths[0]={enc[0]} (the L-TAE width)")
-        if problems:
-            raise ModelConfigError("invalid Time-Unet configuration: " + "; ".join(problems))
-        self._config: dict[str, Any] = dict(
-            input_dim=int(input_dim), encoder_widths=enc, decoder_widths=dec, out_conv=out_conv,
-            str_conv_k=int(str_conv_k), str_conv_s=int(str_conv_s), str_conv_p=int(str_conv_p),
-            encoder_norm=encoder_norm, n_head=int(n_head), d_model=int(d_model), d_k=int(d_k),
-            pad_value=pad_value, padding_mode=padding_mode, T=T, use_doy=bool(use_doy),
-            use_abs_rel_enc=bool(use_abs_rel_enc), add_linear=bool(add_linear),
-            reference_date=None if reference_date is None else str(reference_date),
-            mask_padded_norm=bool(mask_padded_norm),
-        )
-        self.pad_value = pad_value
-        self.downscale = int(str_conv_s) ** (len(enc) - 1)
+    def _ltae_widths(self, enc: list[int]) -> dict[str, int | None]:
+        return {"in_channels": enc[0], "out_channels": enc[0]}
 
-        # registration order = the reference's state_dict order
-        self.in_conv = ConvBlock([input_dim, enc[0], enc[0]], norm=encoder_norm,
-                                 padding_mode=padding_mode)
-        self.down_blocks = encoder_blocks(enc, str_conv_k, str_conv_s, str_conv_p, encoder_norm,
-                                          padding_mode)
-        self.up_blocks = decoder_blocks(enc, dec, str_conv_k, str_conv_s, str_conv_p,
-                                        padding_mode)
-        try:
-            self.temporal_encoder = Crop2SegLTAE(
-                in_channels=enc[0], n_head=n_head, d_k=d_k, d_model=d_model, out_channels=enc[0],
-                T=T, use_doy=use_doy, use_abs_rel_enc=use_abs_rel_enc, add_linear=add_linear,
-                reference_date=reference_date, mask_padded_norm=mask_padded_norm)
-        except ValueError as exc:
-            raise ModelConfigError(f"invalid Time-Unet configuration: {exc}") from None
-        self.out_conv = ConvBlock([dec[0], *out_conv], padding_mode=padding_mode)
-
-    @property
-    def n_classes(self) -> int:
-        """Number of output classes (``out_conv[-1]``)."""
-        return self._config["out_conv"][-1]
-
-    def forward(self, x: torch.Tensor, batch_positions: torch.Tensor | None = None,
-                return_att: bool = False):
-        """Segment a batch of image time series.
-
-        Args:
-            x: ``(batch, time, band, y, x)`` float, normalised; padded dates all ``pad_value``.
-            batch_positions: ``(batch, time)`` days since the reference date.
-            return_att: also return the L-TAE attention ``(n_head, batch, time, y, x)``.
-
-        Returns:
-            logits ``(batch, n_classes, y, x)``, or ``(logits, attention)``.
-        """
-        self.check_input(x, batch_positions)
-        pad_mask = self.pad_mask(x)
-        stem = shared_forward(self.in_conv, x, pad_mask, self.pad_value)  # (b, t, w0, y, x)
-        collapsed, att = self.temporal_encoder(stem, batch_positions=batch_positions,
-                                               pad_mask=pad_mask)         # (b, w0, y, x)
-        out, _ = unet_forward(collapsed, self.down_blocks, self.up_blocks)
-        logits = self.out_conv(out)
-        return (logits, att) if return_att else logits
-
+    def collapse_time(self, stem: torch.Tensor, batch_positions: torch.Tensor,
+                      pad_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every full-resolution pixel's sequence through the L-TAE: ``(batch, w0, y, x)``."""
+        return self.temporal_encoder(stem, batch_positions=batch_positions, pad_mask=pad_mask)

@@ -22,19 +22,17 @@ the reference date; logits ``(batch, class, y, x)``; ``y``, ``x`` multiples of `
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from .base import ModelConfigError, SegmentationModel
-from .ltae import Crop2SegLTAE
-from .utae import ConvBlock, TemporalAggregator, check_unet_widths, decoder_blocks, \
-    encoder_blocks, shared_forward, unet_forward
+from .collapse_unet import TimeCollapseUNet
+from .utae import TemporalAggregator, encoder_blocks, shared_forward
 
 __all__ = ["WTAE"]
 
 
-class WTAE(SegmentationModel):
+class WTAE(TimeCollapseUNet):
     """W-TAE (Crop2Seg ``WTAE``) for image time series segmentation.
 
     Args:
@@ -60,110 +58,40 @@ class WTAE(SegmentationModel):
         mask_padded_norm: padded dates are left out of the L-TAE input norm (default), so the
             output never depends on how much a sample was padded; ``False``: reference.
 
-    Crop2Seg's ``use_mbconv``, ``add_squeeze_excit``, ``conv_type`` and boundary head
-    (``add_boundary_loss``) options are not implemented.
+    ``agg_mode`` is keyword-only (the other arguments keep the reference's order). Crop2Seg's
+    ``use_mbconv``, ``add_squeeze_excit``, ``conv_type``, ``num_queries`` and boundary head
+    (``add_boundary_loss``) options are not implemented. :meth:`forward` with ``return_att`` also
+    returns the reduced branch's attention ``(n_head, batch, time, y / downscale, x / downscale)``.
     """
 
     architecture = "wtae"
     display_name = "W-TAE"
 
-    def __init__(
-        self,
-        input_dim: int = 10,
-        encoder_widths: Sequence[int] = (64, 64, 64, 128),
-        decoder_widths: Sequence[int] | None = (32, 32, 64, 128),
-        out_conv: Sequence[int] = (32, 20),
-        str_conv_k: int = 4,
-        str_conv_s: int = 2,
-        str_conv_p: int = 1,
-        agg_mode: str = "att_group",
-        encoder_norm: str | None = "group",
-        n_head: int = 16,
-        d_model: int = 256,
-        d_k: int = 4,
-        pad_value: float = 0,
-        padding_mode: str = "reflect",
-        T: float = 1000,
-        use_doy: bool = False,
-        use_abs_rel_enc: bool = False,
-        add_linear: bool = False,
-        reference_date: str | None = None,
-        mask_padded_norm: bool = True,
-    ):
-        super().__init__()
-        enc = [int(v) for v in encoder_widths]
-        dec = list(enc) if decoder_widths is None else [int(v) for v in decoder_widths]
-        out_conv = [int(v) for v in out_conv]
-        problems = [] if input_dim >= 1 else [f"input_dim={input_dim} must be >= 1"]
-        problems += check_unet_widths(enc, dec, out_conv, encoder_norm)
-        if enc and (d_model % n_head or enc[-1] % n_head):
-            problems.append(f"n_head={n_head} must divide d_model={d_model} and "
-                            f"encoder_widths[-1]={enc[-1]} (the L-TAE width)")
-        if enc and agg_mode == "att_group" and enc[0] % n_head:
-            problems.append(f"with agg_mode='att_group' n_head={n_head} must divide "
-                            f"encoder_widths[0]={enc[0]}")
-        if problems:
-            raise ModelConfigError("invalid W-TAE configuration: " + "; ".join(problems))
-        self._config: dict[str, Any] = dict(
-            input_dim=int(input_dim), encoder_widths=enc, decoder_widths=dec, out_conv=out_conv,
-            str_conv_k=int(str_conv_k), str_conv_s=int(str_conv_s), str_conv_p=int(str_conv_p),
-            agg_mode=agg_mode, encoder_norm=encoder_norm, n_head=int(n_head),
-            d_model=int(d_model), d_k=int(d_k), pad_value=pad_value, padding_mode=padding_mode,
-            T=T, use_doy=bool(use_doy), use_abs_rel_enc=bool(use_abs_rel_enc),
-            add_linear=bool(add_linear),
-            reference_date=None if reference_date is None else str(reference_date),
-            mask_padded_norm=bool(mask_padded_norm),
-        )
-        self.pad_value = pad_value
-        self.downscale = int(str_conv_s) ** (len(enc) - 1)
+    def __init__(self, *args: Any, agg_mode: str = "att_group", **kwargs: Any):
+        super().__init__(*args, _options={"agg_mode": agg_mode}, **kwargs)
 
-        # registration order = the reference's state_dict order
-        self.in_conv = ConvBlock([input_dim, enc[0], enc[0]], norm=encoder_norm,
-                                 padding_mode=padding_mode)
-        self.spatial_reduction = encoder_blocks(enc, str_conv_k, str_conv_s, str_conv_p,
-                                                encoder_norm, padding_mode,
+    def _ltae_widths(self, enc: list[int]) -> dict[str, int | None]:
+        return {"in_channels": enc[-1], "out_channels": None}  # attention only
+
+    def _problems(self, enc: list[int], n_head: int, options: dict[str, Any]) -> list[str]:
+        if options["agg_mode"] == "att_group" and enc[0] % n_head:
+            return [f"with agg_mode='att_group' n_head={n_head} must divide "
+                    f"encoder_widths[0]={enc[0]}"]
+        return []
+
+    def _add_branch(self, enc: list[int], **conv: Any) -> None:
+        self.spatial_reduction = encoder_blocks(enc, conv["k"], conv["s"], conv["p"],
+                                                conv["encoder_norm"], conv["padding_mode"],
                                                 conv_type="depthwise_separable")
-        self.down_blocks = encoder_blocks(enc, str_conv_k, str_conv_s, str_conv_p, encoder_norm,
-                                          padding_mode)
-        self.up_blocks = decoder_blocks(enc, dec, str_conv_k, str_conv_s, str_conv_p,
-                                        padding_mode)
-        try:
-            self.temporal_encoder = Crop2SegLTAE(
-                in_channels=enc[-1], n_head=n_head, d_k=d_k, d_model=d_model, out_channels=None,
-                T=T, use_doy=use_doy, use_abs_rel_enc=use_abs_rel_enc, add_linear=add_linear,
-                reference_date=reference_date, mask_padded_norm=mask_padded_norm)
-        except ValueError as exc:
-            raise ModelConfigError(f"invalid W-TAE configuration: {exc}") from None
-        self.temporal_aggregator = TemporalAggregator(mode=agg_mode)
-        self.out_conv = ConvBlock([dec[0], *out_conv], padding_mode=padding_mode)
 
-    @property
-    def n_classes(self) -> int:
-        """Number of output classes (``out_conv[-1]``)."""
-        return self._config["out_conv"][-1]
+    def _add_aggregation(self, options: dict[str, Any]) -> None:
+        self.temporal_aggregator = TemporalAggregator(mode=options["agg_mode"])
 
-    def forward(self, x: torch.Tensor, batch_positions: torch.Tensor | None = None,
-                return_att: bool = False):
-        """Segment a batch of image time series.
-
-        Args:
-            x: ``(batch, time, band, y, x)`` float, normalised; padded dates all ``pad_value``.
-            batch_positions: ``(batch, time)`` days since the reference date.
-            return_att: also return the attention ``(n_head, batch, time, y / downscale,
-                x / downscale)`` of the reduced branch.
-
-        Returns:
-            logits ``(batch, n_classes, y, x)``, or ``(logits, attention)``.
-        """
-        self.check_input(x, batch_positions)
-        pad_mask = self.pad_mask(x)
-        stem = shared_forward(self.in_conv, x, pad_mask, self.pad_value)  # (b, t, w0, y, x)
+    def collapse_time(self, stem: torch.Tensor, batch_positions: torch.Tensor,
+                      pad_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention from the reduced branch, resized, collapses the full-resolution stem."""
         reduced = stem
         for block in self.spatial_reduction:  # -> (b, t, w[-1], y / ds, x / ds)
             reduced = shared_forward(block, reduced, pad_mask, self.pad_value)
         att = self.temporal_encoder(reduced, batch_positions=batch_positions, pad_mask=pad_mask)
-        collapsed = self.temporal_aggregator(stem, pad_mask=pad_mask, attn_mask=att)
-        out, _ = unet_forward(collapsed, self.down_blocks, self.up_blocks)
-        logits = self.out_conv(out)
-        return (logits, att) if return_att else logits
-
+        return self.temporal_aggregator(stem, pad_mask=pad_mask, attn_mask=att), att

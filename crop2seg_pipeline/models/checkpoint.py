@@ -189,7 +189,7 @@ def _read_model_json(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise CheckpointError(f"{path} must hold a JSON object, found {type(doc).__name__}")
     arch = doc.get("architecture")
-    if arch not in ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise CheckpointError(f"{path}: architecture {arch!r} is not supported (known: "
                               f"{', '.join(sorted(ARCHITECTURES))})")
     version = doc.get("format_version")

@@ -41,7 +41,8 @@ import rasterio.enums
 import rasterio.vrt
 import rasterio.windows
 
-from .errors import ReadError
+from .access import gdal_options, invalidate_tokens, redact, resolve_href
+from .errors import Crop2SegError, ReadError
 from .grid import Grid
 from .kernels.s2 import harmonize_offsets, take_first_valid, upsample2
 from .nomenclature import BANDS, NATIVE_RESOLUTION, SCL
@@ -64,7 +65,7 @@ RESAMPLINGS = ("nearest", "bilinear", "cubic", "average")
 
 #: GDAL settings of every read: no directory listing on open, HTTP retries of transient codes
 #: (429, 502, 503, 504) with backoff inside GDAL, merged range requests, a block cache per process.
-GDAL_OPTIONS: dict[str, str] = {
+GDAL_OPTIONS: dict[str, str | int] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MAX_RETRY": "4",
     "GDAL_HTTP_RETRY_DELAY": "0.5",
@@ -73,6 +74,9 @@ GDAL_OPTIONS: dict[str, str] = {
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.jp2,.JP2,.zip,.xml",
     "VSI_CACHE": "TRUE",
+    # decoded blocks are used by one chunk (and its neighbours' halos): a small block cache per
+    # process keeps worker memory flat while files stay open across chunks
+    "GDAL_CACHEMAX": 128 * 2**20,  # bytes (rasterio hands an int to GDALSetCacheMax64)
 }
 
 #: Read attempts after a transient error, and the first backoff (doubled each time).
@@ -193,33 +197,54 @@ def cube_source(items: Sequence[Mapping], grid: Grid, bands: Sequence[str] = BAN
 # ----------------------------------------------------------------------------- files
 
 
+@dataclass
+class _File:
+    """An open dataset and the facts every read asks for (read once: rasterio properties cost)."""
+
+    ds: rasterio.DatasetReader
+    epsg: int | None
+    transform: tuple[float, float, float, float, float, float]
+    height: int
+    width: int
+    count: int
+    nodata: float | None
+
+    @classmethod
+    def open(cls, href: str) -> "_File":
+        # signed / translated at open time and used for this open only (crop2seg_pipeline.access):
+        # the cache, messages and graphs keep the unsigned href
+        with rasterio.Env(**gdal_options(href)):
+            ds = rasterio.open(resolve_href(href), sharing=False)
+        epsg = ds.crs.to_epsg() if ds.crs is not None else None
+        return cls(ds, epsg, tuple(ds.transform)[:6], ds.height, ds.width, ds.count, ds.nodata)  # type: ignore[arg-type]
+
+
 class _FileCache(threading.local):
-    """Open datasets of this thread (GDAL handles are not thread-safe), least recently used out."""
+    """Open files of this thread (GDAL handles are not thread-safe), least recently used out."""
 
     def __init__(self) -> None:
-        self.open: OrderedDict[str, rasterio.DatasetReader] = OrderedDict()
+        self.open: OrderedDict[str, _File] = OrderedDict()
         self.checked: set[str] = set()
 
-    def get(self, href: str) -> rasterio.DatasetReader:
-        ds = self.open.get(href)
-        if ds is not None:
+    def get(self, href: str) -> _File:
+        f = self.open.get(href)
+        if f is not None:
             self.open.move_to_end(href)
-            return ds
-        ds = rasterio.open(href, sharing=False)
-        self.open[href] = ds
+            return f
+        f = self.open[href] = _File.open(href)
         while len(self.open) > MAX_OPEN_FILES:
             _, old = self.open.popitem(last=False)
-            old.close()
-        return ds
+            old.ds.close()
+        return f
 
     def drop(self, href: str) -> None:
-        ds = self.open.pop(href, None)
-        if ds is not None:
-            ds.close()
+        f = self.open.pop(href, None)
+        if f is not None:
+            f.ds.close()
 
     def clear(self) -> None:
-        for ds in self.open.values():
-            ds.close()
+        for f in self.open.values():
+            f.ds.close()
         self.open.clear()
         self.checked.clear()
 
@@ -232,20 +257,19 @@ def close_files() -> None:
     _FILES.clear()
 
 
-def _check_against_item(ds: rasterio.DatasetReader, ref: AssetRef) -> None:
+def _check_against_item(f: _File, ref: AssetRef) -> None:
     """The file must be where its item says: same CRS, transform and shape."""
     problems = []
-    epsg = ds.crs.to_epsg() if ds.crs is not None else None
-    if epsg != ref.epsg:
-        problems.append(f"CRS EPSG:{epsg} in the file vs EPSG:{ref.epsg} in the item")
-    t = tuple(ds.transform)[:6]
+    if f.epsg != ref.epsg:
+        problems.append(f"CRS EPSG:{f.epsg} in the file vs EPSG:{ref.epsg} in the item")
+    t = f.transform
     tol = 1e-6 * max(abs(ref.transform[0]), 1.0)
     if any(abs(a - b) > max(tol, 1e-6 * abs(b)) for a, b in zip(t, ref.transform)):
         problems.append(f"transform {_fmt(t)} in the file vs {_fmt(ref.transform)} in the item")
-    if (ds.height, ds.width) != tuple(ref.shape):
-        problems.append(f"shape {ds.height} x {ds.width} in the file vs {ref.shape[0]} x {ref.shape[1]} in the item")
-    if ds.count != 1:
-        problems.append(f"{ds.count} bands in the file (one band per asset is expected)")
+    if (f.height, f.width) != tuple(ref.shape):
+        problems.append(f"shape {f.height} x {f.width} in the file vs {ref.shape[0]} x {ref.shape[1]} in the item")
+    if f.count != 1:
+        problems.append(f"{f.count} bands in the file (one band per asset is expected)")
     if problems:
         raise ReadError(
             f"item {ref.item_id!r}, asset {ref.band}: {ref.href} disagrees with its item's projection "
@@ -258,28 +282,35 @@ def _fmt(t: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:g}" for v in t) + ")"
 
 
-def _open(ref: AssetRef | str) -> rasterio.DatasetReader:
+def _open(ref: AssetRef | str) -> _File:
     href = ref.href if isinstance(ref, AssetRef) else ref
-    ds = _FILES.get(href)
+    f = _FILES.get(href)
     if isinstance(ref, AssetRef) and href not in _FILES.checked:
-        _check_against_item(ds, ref)
+        _check_against_item(f, ref)
         _FILES.checked.add(href)
-    return ds
+    return f
 
 
 def _with_retries(ref: AssetRef | str, read):
-    """``read(dataset)`` with transient errors retried; permanent ones become ReadError at once."""
+    """``read(file)`` with transient errors retried; permanent ones become ReadError at once.
+
+    A refused signed URL (HTTP 401/403: an expired token) gets one more try with fresh tokens.
+    """
     href = ref.href if isinstance(ref, AssetRef) else ref
-    attempt = 0
+    attempt, renewed = 0, False
     while True:
         try:
             return read(_open(ref))
-        except ReadError:
+        except Crop2SegError:  # ours already say what is wrong (a file disagreeing with its item, access)
             raise
         except Exception as e:  # rasterio/GDAL errors have many types
-            text = f"{type(e).__name__}: {e}"
-        permanent = any(p in text for p in _PERMANENT)
+            text = redact(f"{type(e).__name__}: {e}")
         _FILES.drop(href)
+        if not renewed and ("HTTP response code: 403" in text or "HTTP response code: 401" in text):
+            renewed = True
+            invalidate_tokens()
+            continue
+        permanent = any(p in text for p in _PERMANENT)
         if permanent or attempt >= RETRIES:
             break
         log.warning("read of %s failed (attempt %d), retrying: %s", href, attempt + 1, text)
@@ -297,37 +328,39 @@ def _with_retries(ref: AssetRef | str, read):
 # ----------------------------------------------------------------------------- one file window
 
 
-def _pixel_offset(ds_t, grid: Grid, res: float) -> tuple[float, float]:
+def _pixel_offset(f: _File, grid: Grid, res: float) -> tuple[float, float]:
     """(row, col) of the grid's upper-left corner in units of ``res`` from the file's corner."""
-    return (ds_t.f - grid.y0) / res, (grid.x0 - ds_t.c) / res
+    return (f.transform[5] - grid.y0) / res, (grid.x0 - f.transform[2]) / res
 
 
-def _direct(ds, r0: int, c0: int, h: int, w: int, dtype) -> np.ndarray:
-    """Rows [r0, r0 + h) x cols [c0, c0 + w) of band 1 (file pixels), 0 outside the file."""
-    out = np.zeros((h, w), dtype=dtype)
-    ra, rb = max(r0, 0), min(r0 + h, ds.height)
-    ca, cb = max(c0, 0), min(c0 + w, ds.width)
-    if rb > ra and cb > ca:
-        data = ds.read(1, window=((ra, rb), (ca, cb)), out_dtype=dtype)
-        if ds.nodata is not None and ds.nodata != 0:
-            data[data == np.asarray(ds.nodata).astype(dtype)] = 0
-        out[ra - r0 : rb - r0, ca - c0 : cb - c0] = data
+def _direct(f: _File, r0: int, c0: int, out: np.ndarray) -> np.ndarray:
+    """Rows [r0, r0 + h) x cols [c0, c0 + w) of band 1 (file pixels) into ``out`` (h, w), 0 outside."""
+    h, w = out.shape
+    ra, rb = max(r0, 0), min(r0 + h, f.height)
+    ca, cb = max(c0, 0), min(c0 + w, f.width)
+    if not (rb > ra and cb > ca):
+        out[...] = 0
+        return out
+    if (ra, rb, ca, cb) != (r0, r0 + h, c0, c0 + w):  # partly outside the file
+        out[...] = 0
+    dst = out[ra - r0 : rb - r0, ca - c0 : cb - c0]
+    f.ds.read(1, window=((ra, rb), (ca, cb)), out=dst)
+    if f.nodata is not None and f.nodata != 0:
+        dst[dst == np.asarray(f.nodata).astype(out.dtype)] = 0
     return out
 
 
-def _lies_on(ds, grid: Grid, res: float) -> bool:
-    t = ds.transform
-    if ds.crs is None or ds.crs.to_epsg() != grid.epsg or t.b != 0 or t.d != 0:
-        return False
-    if abs(t.a - res) > 1e-9 or abs(t.e + res) > 1e-9:
+def _lies_on(f: _File, grid: Grid, res: float) -> bool:
+    a, b, _, d, e, _ = f.transform
+    if f.epsg != grid.epsg or b != 0 or d != 0 or abs(a - res) > 1e-9 or abs(e + res) > 1e-9:
         return False
     # the grid's pixel edges fall on the file's pixel edges (measured in grid pixels)
-    r, c = _pixel_offset(t, grid, grid.resolution)
+    r, c = _pixel_offset(f, grid, grid.resolution)
     return abs(r - round(r)) < 1e-6 and abs(c - round(c)) < 1e-6
 
 
 def read_file_window(ref: AssetRef | str, window: Grid, resampling: str = "nearest",
-                     dtype=np.uint16) -> np.ndarray:
+                     dtype=np.uint16, out: np.ndarray | None = None) -> np.ndarray:
     """The ``window`` of one single-band file on the output grid, 0 where the file has no data.
 
     Parameters
@@ -341,22 +374,30 @@ def read_file_window(ref: AssetRef | str, window: Grid, resampling: str = "neare
         whose pixels align with it are read natively and repeated 2 x 2 when ``nearest``.
     dtype
         Output dtype.
+    out
+        Optional ``window.shape`` array of ``dtype`` to read into (no temporary of that size).
     """
+    if out is None:
+        out = np.empty(window.shape, dtype=dtype)
 
-    def read(ds) -> np.ndarray:
+    def read(f: _File) -> np.ndarray:
         res = window.resolution
-        if _lies_on(ds, window, res):  # same grid: a plain windowed read
-            r, c = _pixel_offset(ds.transform, window, res)
-            return _direct(ds, int(round(r)), int(round(c)), window.height, window.width, dtype)
-        if resampling == "nearest" and _lies_on(ds, window, 2 * res):  # 20 m under a 10 m grid
-            r, c = (int(round(v)) for v in _pixel_offset(ds.transform, window, res))  # in 10 m pixels
+        if _lies_on(f, window, res):  # same grid: a plain windowed read
+            r, c = _pixel_offset(f, window, res)
+            return _direct(f, int(round(r)), int(round(c)), out)
+        if resampling == "nearest" and _lies_on(f, window, 2 * res):  # 20 m under a 10 m grid
+            r, c = (int(round(v)) for v in _pixel_offset(f, window, res))  # in 10 m pixels
             fr, fc = r // 2, c // 2
             fh = (r + window.height - 1) // 2 - fr + 1
             fw = (c + window.width - 1) // 2 - fc + 1
-            coarse = _direct(ds, fr, fc, fh, fw, dtype)
+            coarse = _direct(f, fr, fc, np.empty((fh, fw), dtype=out.dtype))
             dy, dx = r - 2 * fr, c - 2 * fc
-            return upsample2(coarse)[dy : dy + window.height, dx : dx + window.width]
-        return _warped(ds, window, resampling, dtype)
+            if dy == 0 and dx == 0 and out.shape == (2 * fh, 2 * fw):
+                return upsample2(coarse, out=out)
+            out[...] = upsample2(coarse)[dy : dy + window.height, dx : dx + window.width]
+            return out
+        out[...] = _warped(f.ds, window, resampling, out.dtype)
+        return out
 
     return _with_retries(ref, read)
 
@@ -389,19 +430,22 @@ def _intersects(ref: AssetRef, window: Grid) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _scl_of(src: CubeSource, i: int, window: Grid) -> np.ndarray:
+def _scl_of(src: CubeSource, i: int, window: Grid, out: np.ndarray | None = None) -> np.ndarray:
     ref = src.refs[i][SCL]
+    out = np.empty(window.shape, np.uint8) if out is None else out
     if not _intersects(ref, window):
-        return np.zeros(window.shape, np.uint8)
-    return read_file_window(ref, window, "nearest", np.uint8)
+        out[...] = 0
+        return out
+    return read_file_window(ref, window, "nearest", np.uint8, out=out)
 
 
-def _band_of(src: CubeSource, i: int, band: str, window: Grid) -> np.ndarray:
+def _band_of(src: CubeSource, i: int, band: str, window: Grid, out: np.ndarray) -> np.ndarray:
     ref = src.refs[i][band]
     if not _intersects(ref, window):
-        return np.zeros(window.shape, np.uint16)
+        out[...] = 0
+        return out
     resampling = "nearest" if NATIVE_RESOLUTION[band] == 10 else src.resampling_20m
-    return read_file_window(ref, window, resampling, np.uint16)
+    return read_file_window(ref, window, resampling, np.uint16, out=out)
 
 
 def _dates(src: CubeSource, dates: Sequence[int] | None) -> list[int]:
@@ -418,11 +462,11 @@ def read_scl(src: CubeSource, window: Grid | tuple[int, int, int, int], dates: S
     files only."""
     win = _as_window(src, window)
     ts = _dates(src, dates)
-    out = np.zeros((len(ts), *win.shape), np.uint8)
+    out = np.empty((len(ts), *win.shape), np.uint8)
     with rasterio.Env(**GDAL_OPTIONS):
         for k, t in enumerate(ts):
             first, *rest = src.groups[t]
-            out[k] = _scl_of(src, first, win)
+            _scl_of(src, first, win, out=out[k])
             filled = out[k] != 0
             for i in rest:
                 take_first_valid(None, out[k], filled, None, _scl_of(src, i, win))
@@ -463,13 +507,13 @@ def read_block(
     missing = [b for b in bands if b not in src.bands]
     if missing:
         raise ValueError(f"band(s) {missing} are not in the cube ({list(src.bands)})")
-    out = np.zeros((len(ts), len(bands), *win.shape), np.uint16)
+    out = np.empty((len(ts), len(bands), *win.shape), np.uint16)
     scl_out = np.zeros((len(ts), *win.shape), np.uint8)
     with rasterio.Env(**GDAL_OPTIONS):
         for k, t in enumerate(ts):
             first, *rest = src.groups[t]
             if scl or rest:  # SCL decides the merge of a day's items
-                scl_out[k] = _scl_of(src, first, win)
+                _scl_of(src, first, win, out=scl_out[k])
             _item_bands(src, first, bands, win, out=out[k])
             filled = scl_out[k] != 0
             for i in rest:
@@ -482,7 +526,7 @@ def _item_bands(src: CubeSource, i: int, bands: Sequence[str], win: Grid, out: n
     if out is None:
         out = np.empty((len(bands), *win.shape), np.uint16)
     for k, b in enumerate(bands):
-        out[k] = _band_of(src, i, b, win)
+        _band_of(src, i, b, win, out=out[k])
     harmonize_offsets(out[None], [src.offsets[i]], inplace=True)
     return out
 

@@ -52,7 +52,7 @@ from .kernels.patches import Moments, assign_splits
 from .mapping import CropMapping
 from .nomenclature import BANDS, CLASS_NAMES, DEFAULT_UNCLEAR_SCL, N_CLASSES, NOT_CLASSIFIED
 from .parcels import ParcelReport, read_parcels
-from .store import create_skeleton, finalize, prepare_target, read_attrs, read_markers
+from .store import CODECS, DEFAULT_CODEC, create_skeleton, finalize, prepare_target, read_attrs, read_markers
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class BuildConfig:
     chunksize : side of a work chunk in pixels, a multiple of ``patch_size`` (the unit of work and
         of worker memory: one chunk with all its dates and bands)
     resampling_20m : how 20 m bands reach 10 m (see :func:`crop2seg_pipeline.cube.load_cube`)
+    codec : compression of the patch arrays (:data:`crop2seg_pipeline.store.CODECS`)
     unclear_scl : SCL classes that are not clear sky
     """
 
@@ -106,6 +107,7 @@ class BuildConfig:
     chunksize: int = 512
     resampling_20m: str = "nearest"
     unclear_scl: tuple[int, ...] = DEFAULT_UNCLEAR_SCL
+    codec: str = DEFAULT_CODEC
 
     def validate(self) -> None:
         if self.patch_size < 8:
@@ -120,6 +122,8 @@ class BuildConfig:
             )
         if self.split_block < 1:
             raise Crop2SegError(f"--split-block must be >= 1, got {self.split_block}")
+        if self.codec not in CODECS:
+            raise Crop2SegError(f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
         if self.resampling_20m not in RESAMPLINGS:
             raise Crop2SegError(f"--resampling-20m must be one of {', '.join(RESAMPLINGS)}, got {self.resampling_20m!r}")
 
@@ -254,7 +258,8 @@ def build_dataset(
     if state == "new":
         dates, clear = _dates_and_clear(tiles, patches, clear_of)
         say(f"creating patch store {cfg.out} ({n} patches x {dates.shape[1]} dates)")
-        create_skeleton(cfg.out, patches, dates, clear, BANDS, cfg.patch_size, _store_attrs(cfg, selected, fingerprint))
+        create_skeleton(cfg.out, patches, dates, clear, BANDS, cfg.patch_size, _store_attrs(cfg, selected, fingerprint),
+                        codec_name=cfg.codec)
     else:
         _check_same_patches(cfg.out, patches)
 

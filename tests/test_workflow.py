@@ -15,7 +15,7 @@ from crop2seg_pipeline.cli.cluster import cluster_cmd
 from crop2seg_pipeline.cli.evaluate import evaluate_cmd
 from crop2seg_pipeline.cli.train import train_cmd
 from crop2seg_pipeline.cli.predict import predict_cmd
-from crop2seg_pipeline.stac_search import Window, search_windows
+from crop2seg_pipeline.search import Window, search_windows
 from crop2seg_pipeline.store import open_store
 from crop2seg_pipeline.workflow import WorkflowError, defaults_for, load
 

@@ -45,9 +45,11 @@ def harmonize_offsets(s2: np.ndarray, offsets: Sequence[int] | np.ndarray, inpla
     return out
 
 
-def upsample2(a: np.ndarray) -> np.ndarray:
-    """Repeat each pixel 2 x 2 along the last two axes (20 m -> 10 m nearest, exact)."""
-    out = np.empty(a.shape[:-2] + (2 * a.shape[-2], 2 * a.shape[-1]), dtype=a.dtype)
+def upsample2(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Repeat each pixel 2 x 2 along the last two axes (20 m -> 10 m nearest, exact), into ``out``
+    (shape ``(..., 2h, 2w)``) when given."""
+    if out is None:
+        out = np.empty(a.shape[:-2] + (2 * a.shape[-2], 2 * a.shape[-1]), dtype=a.dtype)
     for i in range(2):
         for j in range(2):
             out[..., i::2, j::2] = a

@@ -159,6 +159,28 @@ def _area_chunks(height: int, width: int, chunksize: int, patch_size: int) -> tu
     return min_chunks(ychunks, patch_size), min_chunks(xchunks, patch_size)
 
 
+def _threads(client: Any) -> int:
+    """Task threads of the cluster (this machine's CPUs without a client)."""
+    if client is None:
+        return max(1, os.cpu_count() or 1)
+    try:
+        return max(1, sum(client.nthreads().values()))
+    except Exception:  # noqa: BLE001 - no scheduler info: assume one thread
+        return 1
+
+
+def work_chunksize(height: int, width: int, chunksize: int, patch_size: int, threads: int) -> int:
+    """The chunk side to use: ``chunksize``, halved (never below one window) while the area has
+    fewer than two chunks per task thread, so that a small area keeps every thread busy."""
+    size = max(int(chunksize), patch_size)
+    while size // 2 >= patch_size:
+        n = -(-max(height, patch_size) // size) * -(-max(width, patch_size) // size)
+        if n >= 2 * threads:
+            break
+        size //= 2
+    return size
+
+
 def _gpu_resources(client: Any, device: str) -> dict | None:
     """``{"GPU": 1}`` when the model may run on CUDA and the cluster's workers declare GPUs."""
     if client is None or not str(device).lower().startswith(("cuda", "auto")):
@@ -349,7 +371,8 @@ def predict(
     overlap, batch_size, device
         See :func:`predict_cube`.
     chunksize
-        Side of a spatial chunk in pixels: the unit of work and of worker memory.
+        Largest side of a spatial chunk in pixels: the unit of work and of worker memory. Small
+        areas are cut finer (down to one window) so that every worker thread has work.
     probabilities
         Also write per-class probabilities to ``probabilities.zarr``.
     client
@@ -381,7 +404,8 @@ def predict(
             mapping=CropMapping.read(mapping), target_crs=grid.epsg, bbox=grid.bounds,
         )
 
-    # 2. dates with clear sky (SCL only)
+    # 2. dates with clear sky (SCL only); chunks small enough that every worker thread has work
+    chunksize = work_chunksize(grid.height, grid.width, chunksize, spec.patch_size, _threads(client))
     dates, dropped = _clear_dates(src, spec, chunksize, client, say)
     say(f"predicting {grid.height} x {grid.width} px, {len(dates)} dates with {spec.weights_dir} "
         f"({spec.patch_size} px windows, overlap {overlap}, batch {batch_size}, device {device})")

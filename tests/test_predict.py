@@ -472,3 +472,16 @@ def test_demo_weights_agree_with_the_declared_parcels(tmp_path):
                 progress=lambda m: None)
     assert s.parcels["n_compared"] >= 30
     assert s.parcels["agreement_share"] > 0.9, s.parcels
+
+
+@pytest.mark.parametrize("h,w,chunk,patch,threads,expected", [
+    (512, 512, 512, 128, 2, 256),     # one chunk for two threads: cut to 2 x 2
+    (256, 256, 512, 128, 2, 128),     # down to one window, never below
+    (100, 60, 512, 32, 2, 32),        # smaller than a window: one window-sized chunk
+    (4096, 4096, 512, 128, 2, 512),   # plenty of chunks: unchanged
+    (1024, 1024, 512, 128, 8, 256),   # more threads, finer cut
+])
+def test_small_areas_are_cut_so_that_every_thread_has_work(h, w, chunk, patch, threads, expected):
+    from crop2seg_pipeline.predict import work_chunksize
+
+    assert work_chunksize(h, w, chunk, patch, threads) == expected

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .cli.app import app_cmd
 from .cli.build import build_dataset_cmd
 from .cli.cluster import cluster_cmd
 from .cli.demo import demo_scene_cmd
@@ -23,6 +24,7 @@ main.add_command(train_cmd, "train")
 main.add_command(evaluate_cmd, "evaluate")
 main.add_command(predict_cmd, "predict")
 main.add_command(cluster_cmd, "cluster")
+main.add_command(app_cmd, "app")
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,6 @@ pixels on the longer side), computed on the Dask cluster and cached as a PNG per
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from .cache import AppCache, request_key
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Composite", "true_colour", "stretch", "composite_resolution"]
+__all__ = ["Composite", "true_colour", "median_composite", "stretch", "composite_resolution"]
 
 RGB = ("B04", "B03", "B02")
 VERSION = 1
@@ -58,13 +57,36 @@ def stretch(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
+def nanmedian_last(v: np.ndarray) -> np.ndarray:
+    """Median over the last axis ignoring NaN (NaN where all are NaN), without numpy's all-NaN warning."""
+    s = np.sort(v, axis=-1)  # NaN sort last
+    n = np.sum(~np.isnan(v), axis=-1)
+    lo = np.take_along_axis(s, np.maximum((n - 1) // 2, 0)[..., None], -1)[..., 0]
+    hi = np.take_along_axis(s, np.maximum(n // 2, 0)[..., None], -1)[..., 0]
+    return np.where(n > 0, (lo + hi) / 2, np.nan).astype(v.dtype)
+
+
+def _median(a: Any) -> Any:
+    import xarray as xr
+
+    return xr.apply_ufunc(nanmedian_last, a, input_core_dims=[["time"]], dask="parallelized", output_dtypes=[a.dtype])
+
+
 def _median_composite(s2: Any, clear: Any) -> Any:
     """Lazy (3, y, x) float32 medians over clear dates, over valid dates where no date is clear."""
     valid = (s2 > 0).all("band")
     v = s2.astype("float32")
-    clear_med = v.where(clear & valid).median("time", skipna=True)
-    any_med = v.where(valid).median("time", skipna=True)
-    return clear_med.fillna(any_med)
+    return _median(v.where(clear & valid)).fillna(_median(v.where(valid))).transpose("band", "y", "x")
+
+
+def median_composite(area: Area, client: Any = None, max_side: int = 1024) -> tuple[np.ndarray, Grid, int]:
+    """The (3, y, x) float32 medians (B04, B03, B02 DN; NaN where no date is valid), their grid and
+    the number of dates, computed on ``client`` when given."""
+    res = composite_resolution(area, max_side)
+    cube = load_cube(area.source, bands=RGB, resolution=res, chunksize=512)
+    lazy = _median_composite(cube["s2"], clear_sky(cube))
+    med = client.compute(lazy.data).result() if client is not None else lazy.data.compute()
+    return np.asarray(med, np.float32), cube_grid_of(cube), int(cube.sizes["time"])
 
 
 def true_colour(area: Area, cache: AppCache, client: Any = None, max_side: int = 1024) -> Composite:
@@ -82,20 +104,14 @@ def true_colour(area: Area, cache: AppCache, client: Any = None, max_side: int =
             return Composite(rgba, Grid(g["epsg"], g["x0"], g["y0"], g["resolution"], g["height"], g["width"]),
                              int(meta.get("n_dates", 0)))
         cache.clear_partial("backgrounds", key)
-        cube = load_cube(area.source, bands=RGB, resolution=res, chunksize=512)
-        grid = cube_grid_of(cube)
-        lazy = _median_composite(cube["s2"], clear_sky(cube))
-        med = (client.compute(lazy.data).result() if client is not None else lazy.data.compute())
-        med = np.asarray(med, np.float32)
+        med, grid, n_dates = median_composite(area, client, max_side)
         rgba = stretch(med, np.isfinite(med).all(axis=0))
         cache.write_marker("backgrounds", key, status="writing", description=f"true colour of {area.source}")
         Image.fromarray(rgba, "RGBA").save(folder / "composite.png")
         g = {"epsg": grid.epsg, "x0": grid.x0, "y0": grid.y0, "resolution": grid.resolution,
              "height": grid.height, "width": grid.width}
-        cache.write_marker("backgrounds", key, status="complete", grid=g, n_dates=int(cube.sizes["time"]),
-                           items=area.source, description=f"true colour of {area.source} at {res:g} m")
+        cache.write_marker("backgrounds", key, status="complete", grid=g, n_dates=n_dates, items=area.source,
+                           description=f"true colour of {area.source} at {res:g} m")
         log.info("true-colour composite of %s: %d x %d px at %g m, %d dates", area.source, grid.height,
-                 grid.width, res, cube.sizes["time"])
-        return Composite(rgba, grid, int(cube.sizes["time"]))
-
-
+                 grid.width, res, n_dates)
+        return Composite(rgba, grid, n_dates)

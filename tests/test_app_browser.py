@@ -407,7 +407,23 @@ def test_bad_inputs_show_a_message_not_a_traceback(open_page, app, scene, tmp_pa
     load.click()
     page.wait_for_selector("#c2s-status[data-state=ready]", timeout=TIMEOUT_MS)
 
+    # a box drawn with the box-select tool becomes the area
+    g = map_geometry(page)
+    page.locator(".bk-tool-icon-box-select").click()
+    x0, y0 = scene.grid.x0, scene.grid.y0
+    a, b = to_screen(g, x0 + 300, y0 - 300), to_screen(g, x0 + 1500, y0 - 1100)
+    page.mouse.move(*a)
+    page.mouse.down()
+    page.mouse.move(*b, steps=10)
+    page.mouse.up()
+    page.wait_for_selector("#c2s-area[data-cell='']", timeout=30_000)
     bbox = page.locator(".c2s-bbox input")
+    drawn = [float(v) for v in bbox.input_value().split(",")]
+    metres_per_px = (g["x1"] - g["x0"]) / g["width"]
+    np.testing.assert_allclose(drawn, [x0 + 300, y0 - 1100, x0 + 1500, y0 - 300], atol=2 * metres_per_px)
+    h, w = map(int, re.match(r"box: (\d+) x (\d+) px", page.locator("#c2s-area").inner_text()).groups())
+    assert abs(h - 80) <= 1 and abs(w - 120) <= 1
+
     bbox.fill("0,0,1000,1000")
     bbox.press("Enter")
     page.wait_for_selector("#c2s-area[data-cell='']")

@@ -552,7 +552,7 @@ class Page:
             f"<span class='c2s-swatch' data-rgb='{e.rgb[0]},{e.rgb[1]},{e.rgb[2]}' style='display:inline-block;"
             f"width:22px;height:14px;background:{e.hex};border:1px solid #555;margin-right:6px'></span>"
             f"{html.escape(e.name)} ({e.area_ha:.1f} ha)"
-            + (" <i>not drawn</i>" if e.class_id == 0 else "") + "</div>"
+            + ("&nbsp;<i>(not drawn)</i>" if e.class_id == 0 else "") + "</div>"
             for e in present)
         self.legend.text = self._html("c2s-legend", f"<b>Predicted classes</b>{rows}", n=str(len(present)))
         self._show_parcels(res)

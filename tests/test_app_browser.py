@@ -30,6 +30,7 @@ import shapely
 import torch
 from PIL import Image
 
+from crop2seg_pipeline.app.results import confidence_rgba
 from crop2seg_pipeline.models import build_model, save_weights
 from crop2seg_pipeline.nomenclature import BANDS, CLASS_COLORS, CLASS_NAMES
 from crop2seg_pipeline.outputs import validate_cog
@@ -328,6 +329,17 @@ def test_predict_a_cell_and_inspect_it(open_page, app, scene, tmp_path):
     for r, c in interior_pixels(classes, 8, background=True):  # background: not drawn
         sx, sy = to_screen(g, cls_bounds.left + (c + 0.5) * res, cls_bounds.top - (r + 0.5) * res)
         assert np.abs(full[int(sy), int(sx)] - none[int(sy), int(sx)]).max() <= 2
+
+    # the confidence layer, in the app's confidence colours
+    set_layer(page, "confidence", True)
+    conf_shot = screenshot(page)
+    with rasterio.open(folder / "confidence.tif") as ds:
+        conf = ds.read(1)
+    for r, c in crop_px:
+        sx, sy = to_screen(g, cls_bounds.left + (c + 0.5) * res, cls_bounds.top - (r + 0.5) * res)
+        want = confidence_rgba(conf[r : r + 1, c : c + 1])[0, 0, :3]
+        assert np.abs(conf_shot[int(sy), int(sx)] - want).max() <= 2, (r, c)
+    set_layer(page, "confidence", False)
 
     # a parcel click shows its declared (from the scene's own parcel file) and predicted classes
     set_layer(page, "parcels", True)

@@ -89,7 +89,8 @@ class Page:
     def _build(self, cfg: Any) -> None:
         from bokeh.layouts import column, row
         from bokeh.models import (
-            BoxSelectTool, Button, CheckboxGroup, ColumnDataSource, DataTable, DatePicker, Div, HoverTool,
+            BoxSelectTool, Button, CheckboxGroup, ColumnDataSource, DataTable, DatePicker, DatetimeTickFormatter, Div,
+            HoverTool,
             NumberFormatter, PanTool, RadioButtonGroup, Range1d, ResetTool, Slider, Spinner, TableColumn,
             TabPanel, Tabs, TextInput, WheelZoomTool,
         )
@@ -174,6 +175,8 @@ class Page:
         self.ndvi_fig = figure(width=300, height=200, x_axis_type="datetime", y_range=Range1d(-0.2, 1.0),
                                title="NDVI of the parcel (clear dates)", tools="", toolbar_location=None,
                                name="ndvi", css_classes=["c2s-ndvi"])
+        self.ndvi_fig.xaxis.formatter = DatetimeTickFormatter(months="%b %Y", days="%d %b")
+        self.ndvi_fig.xaxis.ticker.desired_num_ticks = 4
         self.ndvi_fig.line("date", "ndvi", source=self.ndvi_src, line_width=2, color="#1a9850")
         self.ndvi_fig.scatter("date", "ndvi", source=self.ndvi_src, size=6, color="#1a9850")
 

@@ -308,6 +308,7 @@ class Page:
             w_.min_date, w_.max_date = first, last
         self.start_in.value, self.end_in.value = first, last
         self._set_area(None, None)
+        self._clear_result()
         self._draw_cells()
         self._dates_changed()
         self.bg_src.data = dict(image=[], x=[], y=[], dw=[], dh=[])
@@ -564,6 +565,24 @@ class Page:
         self.click_mode.active = 1 if res.parcels is not None and len(res.parcels) else 0
         self._show_layers()
         self.refresh_cache()
+
+    def _clear_result(self) -> None:
+        """Forget the shown prediction (another area was loaded)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self.job, self.result, self._parcel_tree, self._parcel_key = None, None, None, None
+        empty = dict(image=[], x=[], y=[], dw=[], dh=[])
+        self.cls_src.data, self.conf_src.data = dict(empty), dict(empty)
+        self.parcel_src.data = {k: [] for k in self.parcel_src.data}
+        self.pick_src.data = dict(xs=[], ys=[])
+        self.ndvi_src.data = dict(date=[], ndvi=[], clear=[])
+        self.table_src.data = {k: [] for k in self.table_src.data}
+        self.legend.text = self._html("c2s-legend", "no prediction shown yet")
+        self.parcel_div.text = self._html("c2s-parcel", "click a parcel (after a prediction) to see it here")
+        self.table_div.text = self._html("c2s-table-info", "no prediction yet")
+        self.downloads.text = self._html("c2s-downloads", "no prediction yet")
+        self.click_mode.active = 0
 
     def _show_parcels(self, res: Result) -> None:
         gdf = res.parcels

@@ -155,6 +155,7 @@ def test_identical_requests_run_once_and_share_one_entry(small_scene, tmp_path):
         assert second is first and not first.done and first.state == "queued"
     assert first.wait(300) and first.state == "done", first.error
     assert runner.runs == 1 and not first.from_cache
+    assert any(line.startswith("predict: 1/1 chunks") for line in first.lines) and first.percent == 100.0
     assert runner.submit(_request(small_scene, area, cell.bounds)) is first and runner.runs == 1
     restarted = JobRunner(cache, client=None)  # another app process on the same cache
     third = restarted.submit(_request(small_scene, area, cell.bounds))
@@ -356,3 +357,13 @@ def test_nanmedian_kernel_equals_numpys():
         want = np.nanmedian(v, axis=-1)
     np.testing.assert_allclose(nanmedian_last(v), want, rtol=1e-6, equal_nan=True)
     assert np.isnan(nanmedian_last(v)[3])
+
+
+def test_a_workflow_gives_the_app_its_defaults(tmp_path):
+    from crop2seg_pipeline.workflow import defaults_for, load
+
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("items: items.json\nparcels: p.gpkg\ntrain: {out: w}\napp: {cache_dir: cache, port: 8080}\n")
+    names = {p.name for p in app_cmd.params}
+    d = defaults_for(load(wf), "app", names)
+    assert d == {"items": "items.json", "parcels": "p.gpkg", "weights": "w", "cache_dir": "cache", "port": 8080}

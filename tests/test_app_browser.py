@@ -79,6 +79,10 @@ class RunningApp:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(30)
+        try:  # whatever is left of its process group (workers of a killed app)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self._reader.join(30)
 
 
@@ -190,7 +194,28 @@ def to_screen(g: dict, x: float, y: float) -> tuple[float, float]:
             g["top"] + (g["y1"] - y) / (g["y1"] - g["y0"]) * g["height"])
 
 
+#: Map layers by the checkbox that shows them (renderer names in the page's Bokeh document).
+LAYERS = {"class map": ["classes"], "confidence": ["confidence"], "parcels": ["parcels", "picked"],
+          "cells and area": ["cells", "selection"]}
+
+
+def wait_drawn(page, visible: dict[str, bool] | None = None, alpha: float | None = None) -> None:
+    """Wait until BokehJS holds the layer state the server sent, then for two painted frames."""
+    page.wait_for_function("""([vis, alpha]) => {
+        const d = Bokeh.documents[0];
+        for (const [name, v] of Object.entries(vis)) {
+            const r = d.get_model_by_name(name);
+            if (!r || r.visible !== v) return false;
+        }
+        if (alpha === null) return true;
+        const a = d.get_model_by_name('classes').glyph.global_alpha;  // a number or {value: ...}
+        return Math.abs((typeof a === 'number' ? a : a.value) - alpha) < 1e-9;
+    }""", arg=[visible or {}, alpha])
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
 def screenshot(page) -> np.ndarray:
+    wait_drawn(page)
     return np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB")).astype(int)
 
 
@@ -217,6 +242,7 @@ def set_layer(page, label: str, on: bool) -> None:
     if box.is_checked() != on:
         box.click()
     assert box.is_checked() == on
+    wait_drawn(page, {name: on for name in LAYERS[label]})
 
 
 def set_opacity(page, value: float) -> None:
@@ -228,6 +254,7 @@ def set_opacity(page, value: float) -> None:
 
     number = re.escape(f"{value:g}")
     expect(page.locator(".c2s-opacity .noUi-handle")).to_have_attribute("aria-valuenow", re.compile(rf"^{number}(\.0*)?$"))
+    wait_drawn(page, alpha=value)
 
 
 def opacity(page) -> float:
@@ -313,6 +340,7 @@ def test_predict_a_cell_and_inspect_it(open_page, app, scene, tmp_path):
     set_layer(page, "parcels", False)
     set_layer(page, "cells and area", False)
     assert opacity(page) == 0.7
+    wait_drawn(page, alpha=0.7)
     blend = screenshot(page)
     set_opacity(page, 1.0)
     full = screenshot(page)
@@ -461,7 +489,7 @@ def test_tabs_asking_for_the_same_cell_share_one_entry(open_page, app, scene):
     pick_cell(pages[0], scene, 1, 1)
     pick_cell(pages[1], scene, 1, 1)
     pick_cell(pages[2], scene, 1, 0)
-    for p in pages:  # all three asked before any is done
+    for p in pages:  # the second joins the first one's job (or finds it in the cache when it was quicker)
         p.locator(".c2s-predict button").click()
     keys = []
     for p in pages:

@@ -1,7 +1,7 @@
 """One browser tab of the app: a Bokeh document with the map, the controls and the result views.
 
 Slow work (reading items, the background, validation, loading results, NDVI series) runs on the
-app's thread pool; its results come back to the document through ``add_next_tick_callback``, the
+app's background threads; its results come back to the document through ``add_next_tick_callback``, the
 only way Bokeh lets other threads touch a document. Errors a user can cause become a message in
 the page (``#c2s-message``); anything else is logged with its traceback and shown as one line.
 """
@@ -139,24 +139,25 @@ class Page:
         self.map.grid.visible = False
         self.map.outline_line_color = None
         self.map.background_fill_color = "#202020"
-        self.map.image_rgba(source=self.bg_src, image="image", x="x", y="y", dw="dw", dh="dh")
+        self.map.image_rgba(source=self.bg_src, image="image", x="x", y="y", dw="dw", dh="dh", name="background")
         self.opacity = Slider(title="Class map opacity", start=0, end=1, step=0.05, value=0.7, width=300,
                               css_classes=["c2s-opacity"])
         self.cls_r = self.map.image_rgba(source=self.cls_src, image="image", x="x", y="y", dw="dw", dh="dh",
-                                         global_alpha=self.opacity.value)
+                                         global_alpha=self.opacity.value, name="classes")
         self.opacity.js_link("value", self.cls_r.glyph, "global_alpha")
         self.conf_r = self.map.image_rgba(source=self.conf_src, image="image", x="x", y="y", dw="dw", dh="dh",
-                                          visible=False)
+                                          visible=False, name="confidence")
         self.cells_r = self.map.quad(source=self.cells_src, left="left", right="right", top="top", bottom="bottom",
                                      fill_alpha=0, line_color="white", line_alpha=0.6, line_width=1,
-                                     selection_fill_alpha=0, nonselection_fill_alpha=0, nonselection_line_alpha=0.6)
+                                     selection_fill_alpha=0, nonselection_fill_alpha=0, nonselection_line_alpha=0.6,
+                                     name="cells")
         self.box_select.renderers = [self.cells_r]
         self.parcels_r = self.map.multi_polygons(xs="xs", ys="ys", source=self.parcel_src, fill_color="color",
-                                                 fill_alpha=0.3, line_color="color", line_width=1.5)
+                                                 fill_alpha=0.3, line_color="color", line_width=1.5, name="parcels")
         self.pick_r = self.map.multi_polygons(xs="xs", ys="ys", source=self.pick_src, fill_alpha=0,
-                                              line_color="#00e5ff", line_width=3)
+                                              line_color="#00e5ff", line_width=3, name="picked")
         self.sel_r = self.map.quad(source=self.sel_src, left="left", right="right", top="top", bottom="bottom",
-                                   fill_alpha=0, line_color="yellow", line_width=3)
+                                   fill_alpha=0, line_color="yellow", line_width=3, name="selection")
         self.map.add_tools(HoverTool(renderers=[self.parcels_r], tooltips=[
             ("parcel", "@parcel_id"), ("declared", "@declared"), ("predicted", "@predicted"),
             ("confidence", "@confidence{0.00}")]))
@@ -256,7 +257,7 @@ class Page:
             log.debug("document gone", exc_info=True)
 
     def _background(self, work: Callable[[], Any], then: Callable[[Any], None], what: str) -> None:
-        """``work()`` on the app's thread pool, then ``then(result)`` on the document."""
+        """``work()`` on a background thread, then ``then(result)`` on the document."""
 
         def run() -> None:
             try:
@@ -268,7 +269,7 @@ class Page:
                 return
             self._later(then, out)
 
-        self.state.executor.submit(run)
+        self.state.submit(run)
 
     def show_message(self, text: str, kind: str = "error") -> None:
         color = {"error": "#b00020", "info": "#1b5e20"}.get(kind, "#333")
@@ -490,7 +491,7 @@ class Page:
                 return
             self._later(self._follow, job)
 
-        self.state.executor.submit(run)
+        self.state.submit(run)
 
     def _follow(self, job: Job) -> None:
         if self._unsubscribe is not None:

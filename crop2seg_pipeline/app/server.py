@@ -16,7 +16,6 @@ import mimetypes
 import socket
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,16 +58,25 @@ class AppConfig:
 
 @dataclass
 class AppState:
-    """Shared by all sessions: configuration, cache, job runner, Dask client, a thread pool."""
+    """Shared by all sessions: configuration, cache, job runner, Dask client, background threads."""
 
     config: AppConfig
     cache: AppCache
     runner: JobRunner = field(init=False)
     client: Any = None
-    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="crop2seg-app"))
+    slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(4))
 
     def __post_init__(self) -> None:
         self.runner = JobRunner(self.cache, client=lambda: self.client, parallel=self.config.parallel)
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on a daemon thread, at most 4 at a time (never holds up the app's exit)."""
+
+        def run() -> None:
+            with self.slots:
+                fn()
+
+        threading.Thread(target=run, name="crop2seg-app-task", daemon=True).start()
 
     @property
     def dashboard_link(self) -> str | None:
@@ -223,5 +231,4 @@ class AppServer:
         self._thread.join(30)
         for s in self._sockets:
             s.close()
-        self.state.executor.shutdown(wait=False, cancel_futures=True)
 

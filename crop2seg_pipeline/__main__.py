@@ -8,8 +8,11 @@ from .cli.app import app_cmd
 from .cli.build import build_dataset_cmd
 from .cli.cluster import cluster_cmd
 from .cli.demo import demo_scene_cmd
+from .cli.download import download_cmd
 from .cli.evaluate import evaluate_cmd
 from .cli.predict import predict_cmd
+from .cli.safe import index_safe_cmd
+from .cli.search import search_cmd
 from .cli.train import train_cmd
 
 
@@ -24,6 +27,9 @@ main.add_command(train_cmd, "train")
 main.add_command(evaluate_cmd, "evaluate")
 main.add_command(predict_cmd, "predict")
 main.add_command(cluster_cmd, "cluster")
+main.add_command(search_cmd, "search")
+main.add_command(download_cmd, "download")
+main.add_command(index_safe_cmd, "index-safe")
 main.add_command(app_cmd, "app")
 
 if __name__ == "__main__":

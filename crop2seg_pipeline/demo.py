@@ -5,14 +5,18 @@
 * ``S2/<YYYYMMDD>/<BAND>.tif``: one single-band Cloud-Optimized GeoTIFF per band and date at
   the band's native resolution (B02 B03 B04 B08 at 10 m; B05 B06 B07 B8A B11 B12 and SCL at
   20 m, the 20 m grid sharing the 10 m grid's origin), uint16 DN (SCL uint8), nodata 0;
-* ``items.json``: a STAC 1.1 ItemCollection, one item per date, relative asset hrefs;
+  (or, with ``format="safe"``/``"safe-zip"``, one L2A ``.SAFE`` product per date under ``S2/``,
+  JPEG2000 bands in the real SAFE layout with ``MTD_MSIL2A.xml``/``MTD_TL.xml``, zipped or not);
+* ``items.json``: a STAC 1.1 ItemCollection, one item per date, relative asset hrefs (with
+  ``file:size`` and a sha2-256 ``file:checksum`` per COG asset);
 * ``parcels.gpkg`` (layer ``parcels``): the declared crops, like a Czech LPIS (DPB) export;
 * ``crop_mapping.csv``: a copy of the shipped crop-code mapping table;
 * ``scene.json``: the generation parameters, written last (the completion marker).
 
 The landscape is a tessellation of fields (13 crop classes, a few fallow ``UHOR`` parcels and
 one parcel with a self-intersecting ring) between forest, villages, roads, a pond and a stream
-on the real Sentinel-2 grid of tile 33UWQ. Every pixel mixes soil, green vegetation, flowers and
+on the real Sentinel-2 grid of a tile (33UWQ unless ``tile=`` names another; see
+:mod:`crop2seg_pipeline.s2tiles`), over the season of ``year`` (default 2021/22). Every pixel mixes soil, green vegetation, flowers and
 senescent vegetation following its class's temporal profile (with per-field timing, vigour and
 soil variations), then gets a mild sensor PSF, noise, moving clouds with their shadows, cirrus,
 swath-edge nodata strips and the processing-baseline 04.00 DN offset. The Scene
@@ -42,31 +46,43 @@ import numpy as np
 from .errors import Crop2SegError
 from .grid import Grid
 from .nomenclature import BANDS, CLASS_NAMES, NATIVE_RESOLUTION, SCL
+from .s2tiles import parse_tile
 
 __all__ = ["DemoScene", "make_demo_scene"]
 
 log = logging.getLogger(__name__)
 
 #: Version of the generator: part of the parameters, so a changed generator never reuses a scene.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: tiles, years, SAFE output, file:size/file:checksum on assets
 
 # --- where and when ----------------------------------------------------------------------------
-EPSG = 32633
+#: The default tile; any MGRS tile id works (``tile=``), see :mod:`crop2seg_pipeline.s2tiles`.
 TILE = "33UWQ"
-#: Upper-left corner of the Sentinel-2 tile 33UWQ (109 800 m square) and of our scene inside it.
+EPSG = 32633
+#: Upper-left corner of the Sentinel-2 tile 33UWQ (109 800 m square).
 TILE_X0, TILE_Y0, TILE_EXTENT = 499980.0, 5500020.0, 109800.0
-SCENE_X0 = TILE_X0 + 60 * 200
-SCENE_Y0 = TILE_Y0 - 60 * 300
+#: Offset of the scene's upper-left corner from its tile's (m): on the 60 m lattice of the tile.
+SCENE_DX, SCENE_DY = 60 * 200, 60 * 300
+SCENE_X0 = TILE_X0 + SCENE_DX
+SCENE_Y0 = TILE_Y0 - SCENE_DY
 RES = 10.0
-MAX_SIZE = int((TILE_EXTENT - 60 * 300) // RES)  # the scene must stay inside the tile
+MAX_SIZE = int((TILE_EXTENT - SCENE_DY) // RES)  # the scene must stay inside the tile
 
+#: The default season (``year=2022``): 15 September of the year before .. 15 October.
+YEAR = 2022
 SEASON_START = dt.date(2021, 9, 15)
 SEASON_END = dt.date(2022, 10, 15)
 #: From this date Sentinel-2 L2A products are processing baseline 04.00: DN = 10000 * R + 1000.
 BASELINE_04_START = dt.date(2022, 1, 25)
 BOA_ADD_OFFSET = 1000
-#: Sentinel-2 relative orbits over 33UWQ used here: (orbit, acquisition time UTC).
+#: Processing baselines by first date of use (L2A); earlier dates are 02.14. From 04.00 on, DNs
+#: carry the BOA_ADD_OFFSET.
+BASELINES = ((dt.date(2021, 3, 30), "03.00"), (dt.date(2021, 6, 30), "03.01"), (BASELINE_04_START, "04.00"),
+             (dt.date(2022, 12, 6), "05.09"), (dt.date(2023, 12, 13), "05.10"), (dt.date(2024, 7, 23), "05.11"))
+#: Sentinel-2 relative orbits over 33UWQ used here: (orbit, acquisition time UTC). Other UTM
+#: zones shift the time by 24 minutes a zone (the same local solar time).
 ORBITS = {122: "100029", 79: "101031"}
+FORMATS = ("cog", "safe", "safe-zip")
 
 _OUR_NAMES = {"S2", "items.json", "parcels.gpkg", "crop_mapping.csv", "scene.json",
               "parcels.gpkg-journal", "parcels.gpkg-wal", "parcels.gpkg-shm", "scene.json.tmp"}
@@ -88,9 +104,11 @@ class DemoScene:
         ``root/crop_mapping.csv``, the crop-code mapping table the scene was made with (a copy of
         the shipped ``crop2seg_pipeline/data/crop_mapping_cz.csv``).
     grid : Grid
-        The 10 m grid of the scene (EPSG:32633).
+        The 10 m grid of the scene (in its tile's UTM CRS, EPSG:32633 for the default 33UWQ).
     dates : tuple of datetime.date
         Acquisition dates, sorted.
+    tile : str
+        The Sentinel-2 tile the scene stands for.
     """
 
     root: Path
@@ -99,6 +117,7 @@ class DemoScene:
     mapping: Path
     grid: Grid
     dates: tuple[dt.date, ...]
+    tile: str = TILE
 
 
 # --- spectra (reflectance, bands in nomenclature.BANDS order) -----------------------------------
@@ -138,7 +157,21 @@ _BAND_INFO = {  # name: (common name, center wavelength um, FWHM um, title)
 
 # --- temporal profiles --------------------------------------------------------------------------
 def _day(iso: str) -> int:
+    """Day of the season (0 = 15 September) of a date written in the reference season 2021/22."""
     return (dt.date.fromisoformat(iso) - SEASON_START).days
+
+
+def _season(year: int) -> tuple[dt.date, dt.date]:
+    """First and last day of the season that ends in ``year``."""
+    return dt.date(year - 1, 9, 15), dt.date(year, 10, 15)
+
+
+def _baseline_of(date: dt.date) -> str:
+    out = "02.14"
+    for start, name in BASELINES:
+        if date >= start:
+            out = name
+    return out
 
 
 def _profile(*points: tuple) -> tuple[np.ndarray, ...]:
@@ -423,7 +456,7 @@ class _Landscape:
     het: np.ndarray  # (size, size) float32 static multiplier of green cover
     base_mult: np.ndarray  # (size, size) float32 static multiplier of the base surface
     water: np.ndarray  # (size, size) bool
-    parcels: "object"  # GeoDataFrame in EPSG:32633, one row per parcel, with column ``unit``
+    parcels: "object"  # GeoDataFrame in the tile's CRS, one row per parcel, with column ``unit``
     kinds: dict = field(default_factory=dict)  # background kind name -> list of unit ids
 
 
@@ -437,8 +470,14 @@ def _shipped_mapping() -> Path:
     return Path(str(resources.files("crop2seg_pipeline").joinpath("data/crop_mapping_cz.csv")))
 
 
-def _build_landscape(size: int, seed: int) -> _Landscape:
-    """Build the static landscape of a scene (deterministic in ``size`` and ``seed``)."""
+def _scene_grid(size: int, tile: str = TILE) -> Grid:
+    """The 10 m grid of a scene of ``size`` px on ``tile`` (inside the tile, on its 60 m lattice)."""
+    t = parse_tile(tile)
+    return Grid(t.epsg, t.x0 + SCENE_DX, t.y0 - SCENE_DY, RES, size, size)
+
+
+def _build_landscape(size: int, seed: int, tile: str = TILE) -> _Landscape:
+    """Build the static landscape of a scene (deterministic in ``size``, ``seed`` and ``tile``)."""
     import geopandas as gpd
     import shapely
     from rasterio.features import rasterize
@@ -446,7 +485,7 @@ def _build_landscape(size: int, seed: int) -> _Landscape:
     from shapely.geometry import LineString, Polygon, box
 
     rng = np.random.default_rng([seed, 1])
-    grid = Grid(EPSG, SCENE_X0, SCENE_Y0, RES, size, size)
+    grid = _scene_grid(size, tile)
     minx, miny, maxx, maxy = grid.bounds
     extent = size * RES
     area_km2 = (extent / 1000.0) ** 2
@@ -617,8 +656,9 @@ def _build_landscape(size: int, seed: int) -> _Landscape:
             geoms[i] = twisted
             bowtie = i
             break
-    if bowtie is None:  # pragma: no cover - only for degenerate tiny scenes
-        raise RuntimeError("could not make the invalid demo parcel")
+    if bowtie is None:  # only for degenerate tiny scenes
+        raise Crop2SegError(f"a {size} px scene with seed {seed} on this tile has no field fit for the demo's "
+                            "invalid (self-intersecting) parcel; use a larger size or another seed")
 
     # 6. units and their attributes
     units: list[dict] = [{"profile": "balk"}]
@@ -729,7 +769,7 @@ def _build_landscape(size: int, seed: int) -> _Landscape:
             "class_id": [14 if c == FALLOW_CODE else int(k) for c, k in zip(codes, cls)],
         },
         geometry=geoms,
-        crs=f"EPSG:{EPSG}",
+        crs=f"EPSG:{grid.epsg}",
     )
     return _Landscape(grid=grid, unit=unit, profile=prof_idx, base=base, flower=flower,
                       shift=shift, amp=amp, bright=bright, soil_like=soil_like, catch=catch,
@@ -812,21 +852,23 @@ class _DatePlan:
 
     @property
     def baseline(self) -> str:
-        return "04.00" if self.date >= BASELINE_04_START else "03.01"
+        return _baseline_of(self.date)
 
     @property
     def offset(self) -> int:
         return BOA_ADD_OFFSET if self.date >= BASELINE_04_START else 0
 
 
-def _candidate_days() -> list[int]:
-    n = (SEASON_END - SEASON_START).days
+def _candidate_days(year: int = YEAR) -> list[int]:
+    start, end = _season(year)
+    n = (end - start).days
     return [d for d in range(n + 1) if d % 5 in (0, 2)]
 
 
-def _plan_dates(n_dates: int, seed: int) -> list[_DatePlan]:
+def _plan_dates(n_dates: int, seed: int, year: int = YEAR) -> list[_DatePlan]:
     rng = np.random.default_rng([seed, 11])
-    cand = np.array(_candidate_days())
+    season_start = _season(year)[0]
+    cand = np.array(_candidate_days(year))
     chunks = np.array_split(np.arange(cand.size), n_dates)
     days = [int(cand[c[rng.integers(c.size)]]) for c in chunks]
     covers = []
@@ -852,7 +894,7 @@ def _plan_dates(n_dates: int, seed: int) -> list[_DatePlan]:
     for i, d in enumerate(days):
         orbit = 122 if d % 5 == 0 else 79
         platform = "sentinel-2a" if (d // 5) % 2 == 0 else "sentinel-2b"
-        plans.append(_DatePlan(i, SEASON_START + dt.timedelta(days=d), orbit, platform,
+        plans.append(_DatePlan(i, season_start + dt.timedelta(days=d), orbit, platform,
                                float(covers[i]), float(cirrus[i]), float(haze[i]), strips.get(i)))
     return plans
 
@@ -901,6 +943,8 @@ class _Context:
     seed: int
     root: Path
     blocksize: int
+    season_start: dt.date = SEASON_START
+    write: Callable[[_DatePlan, str, np.ndarray], None] | None = None  # None: COGs under S2/
 
 
 def _clouds(plan: _DatePlan, seed: int, size: int) -> dict[str, np.ndarray] | None:
@@ -947,7 +991,7 @@ def _render_date(ctx: _Context, plan: _DatePlan) -> dict:
     land = ctx.land
     size = land.grid.height
     h = size // 2
-    t = float((plan.date - SEASON_START).days)
+    t = float((plan.date - ctx.season_start).days)
     g_u, s_u, y_u = _unit_state(land, t)
     winter = 0.5 * (1 + math.cos(2 * math.pi * (t - _day("2022-01-20")) / 365.0))
     bright_u = land.bright * np.where(land.soil_like, 1 - 0.15 * winter, 1.0)
@@ -975,7 +1019,14 @@ def _render_date(ctx: _Context, plan: _DatePlan) -> dict:
 
     rng = np.random.default_rng([ctx.seed, 13, plan.index])
     folder = ctx.root / "S2" / plan.date.strftime("%Y%m%d")
-    folder.mkdir(parents=True, exist_ok=True)
+    if ctx.write is None:
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def write(band: str, data: np.ndarray) -> None:
+        if ctx.write is None:
+            _write_cog(folder / f"{band}.tif", data, NATIVE_RESOLUTION[band], land.grid, ctx.blocksize)
+        else:
+            ctx.write(plan, band, data)
     ground20: dict[str, np.ndarray] = {}
     for b, band in enumerate(BANDS):
         ground = G * _GREEN[b]
@@ -995,10 +1046,10 @@ def _render_date(ctx: _Context, plan: _DatePlan) -> dict:
         noise *= 0.002 + 0.01 * refl
         refl += noise
         dn = _to_dn(refl, plan.offset, nod)
-        _write_cog(folder / f"{band}.tif", dn, NATIVE_RESOLUTION[band], land.grid, ctx.blocksize)
+        write(band, dn)
 
     scl = _scl(land, clouds, nodata20, ground20)
-    _write_cog(folder / f"{SCL}.tif", scl, 20, land.grid, ctx.blocksize)
+    write(SCL, scl)
     valid = scl != 0
     n_valid = max(int(valid.sum()), 1)
     pct = lambda *v: round(100.0 * float(np.isin(scl, v).sum()) / n_valid, 4)  # noqa: E731
@@ -1085,6 +1136,7 @@ _STAC_EXTENSIONS = [
     "https://stac-extensions.github.io/grid/v1.1.0/schema.json",
     "https://stac-extensions.github.io/sat/v1.0.0/schema.json",
     "https://stac-extensions.github.io/sentinel-2/v1.0.0/schema.json",
+    "https://stac-extensions.github.io/file/v2.1.0/schema.json",
 ]
 _COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 
@@ -1105,13 +1157,40 @@ def _footprint_wgs84(grid: Grid) -> tuple[list[float], dict]:
     return bbox, {"type": "Polygon", "coordinates": [ring]}
 
 
-def _stac_item(plan: _DatePlan, grid: Grid, stats: dict, bbox: list, geometry: dict) -> dict:
-    ymd = plan.date.strftime("%Y%m%d")
+def _acquisition_time(plan: _DatePlan, tile: str) -> str:
+    """HHMMSS (UTC) of the overpass: ORBITS' time over zone 33, 24 minutes earlier a zone east."""
     hhmmss = ORBITS[plan.orbit]
+    zone = parse_tile(tile).zone
+    if zone == 33:
+        return hhmmss
+    s = (int(hhmmss[:2]) * 3600 + int(hhmmss[2:4]) * 60 + int(hhmmss[4:]) + (33 - zone) * 24 * 60) % 86400
+    return f"{s // 3600:02d}{s // 60 % 60:02d}{s % 60:02d}"
+
+
+def _acquisition(plan: _DatePlan, tile: str) -> dt.datetime:
+    hhmmss = _acquisition_time(plan, tile)
+    return dt.datetime.combine(plan.date, dt.time(int(hhmmss[:2]), int(hhmmss[2:4]), int(hhmmss[4:]), 24000))
+
+
+def _file_fields(path: Path) -> dict:
+    """``file:size`` and ``file:checksum`` (sha2-256 multihash, hex) of a written file."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"file:size": path.stat().st_size, "file:checksum": "1220" + h.hexdigest()}
+
+
+def _stac_item(plan: _DatePlan, grid: Grid, stats: dict, bbox: list, geometry: dict, tile: str = TILE,
+               root: Path | None = None) -> dict:
+    ymd = plan.date.strftime("%Y%m%d")
+    hhmmss = _acquisition_time(plan, tile)
     sat = "S2A" if plan.platform == "sentinel-2a" else "S2B"
     baseline = plan.baseline
-    item_id = f"{sat}_MSIL2A_{ymd}T{hhmmss}_N{baseline.replace('.', '')}_R{plan.orbit:03d}_T{TILE}_synthetic"
-    when = dt.datetime.combine(plan.date, dt.time(int(hhmmss[:2]), int(hhmmss[2:4]), int(hhmmss[4:]), 24000))
+    item_id = f"{sat}_MSIL2A_{ymd}T{hhmmss}_N{baseline.replace('.', '')}_R{plan.orbit:03d}_T{tile}_synthetic"
+    when = _acquisition(plan, tile)
     assets = {}
     for band in sorted([*BANDS, SCL], key=lambda b: (b == SCL, b)):
         res = NATIVE_RESOLUTION[band]
@@ -1126,6 +1205,8 @@ def _stac_item(plan: _DatePlan, grid: Grid, stats: dict, bbox: list, geometry: d
             "proj:transform": [float(res), 0.0, grid.x0, 0.0, -float(res), grid.y0],
             "nodata": 0,
         }
+        if root is not None:
+            asset.update(_file_fields(root / asset["href"]))
         if band == SCL:
             asset.update({"title": "Scene classification map (SCL)", "data_type": "uint8",
                           "bands": [{"name": "SCL", "description": "Sen2Cor scene classification"}]})
@@ -1147,13 +1228,13 @@ def _stac_item(plan: _DatePlan, grid: Grid, stats: dict, bbox: list, geometry: d
         "instruments": ["msi"],
         "eo:cloud_cover": stats["eo:cloud_cover"],
         "proj:code": f"EPSG:{grid.epsg}",
-        "grid:code": f"MGRS-{TILE}",
+        "grid:code": f"MGRS-{tile}",
         "sat:relative_orbit": plan.orbit,
         "sat:orbit_state": "descending",
-        "s2:mgrs_tile": TILE,
+        "s2:mgrs_tile": tile,
         "s2:processing_baseline": baseline,
         "s2:product_type": "S2MSI2A",
-        "s2:product_uri": f"{sat}_MSIL2A_{ymd}T{hhmmss}_N{baseline.replace('.', '')}_R{plan.orbit:03d}_T{TILE}_synthetic.SAFE",
+        "s2:product_uri": f"{sat}_MSIL2A_{ymd}T{hhmmss}_N{baseline.replace('.', '')}_R{plan.orbit:03d}_T{tile}_synthetic.SAFE",
         **{k: v for k, v in stats.items() if k != "eo:cloud_cover"},
     }
     return {
@@ -1171,12 +1252,13 @@ def _stac_item(plan: _DatePlan, grid: Grid, stats: dict, bbox: list, geometry: d
 
 
 # --- the public entry point ---------------------------------------------------------------------
-def _parameters(size: int, n_dates: int, seed: int, parcels_crs: int) -> dict:
+def _parameters(size: int, n_dates: int, seed: int, parcels_crs: int, tile: str = TILE, year: int = YEAR,
+                fmt: str = "cog") -> dict:
     return {"generator_version": GENERATOR_VERSION, "size": size, "n_dates": n_dates,
-            "seed": seed, "parcels_crs": parcels_crs}
+            "seed": seed, "parcels_crs": parcels_crs, "tile": tile, "year": year, "format": fmt}
 
 
-def _validate(size, n_dates, seed, parcels_crs) -> tuple[int, int, int, int]:
+def _validate(size, n_dates, seed, parcels_crs, tile=TILE, year=YEAR, fmt="cog") -> tuple:
     import pyproj
 
     def as_int(name, v):
@@ -1184,23 +1266,30 @@ def _validate(size, n_dates, seed, parcels_crs) -> tuple[int, int, int, int]:
             raise ValueError(f"{name} must be an integer, got {v!r}")
         return int(v)
 
-    size, n_dates, seed, parcels_crs = (as_int(n, v) for n, v in
-                                        (("size", size), ("n_dates", n_dates), ("seed", seed), ("parcels_crs", parcels_crs)))
+    size, n_dates, seed, parcels_crs, year = (
+        as_int(n, v) for n, v in (("size", size), ("n_dates", n_dates), ("seed", seed),
+                                  ("parcels_crs", parcels_crs), ("year", year)))
+    tile = parse_tile(tile).name  # TileError (a ValueError) names a bad id
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if size < 64 or size % 2:
         raise ValueError(f"size must be an even number of 10 m pixels >= 64 (the 20 m bands are size/2), got {size}")
     if size > MAX_SIZE:
-        raise ValueError(f"size must be at most {MAX_SIZE} px so the scene stays inside tile {TILE}, got {size}")
-    n_max = len(_candidate_days())
+        raise ValueError(f"size must be at most {MAX_SIZE} px so the scene stays inside tile {tile}, got {size}")
+    if not 2016 <= year <= 2100:
+        raise ValueError(f"year (the season's harvest year) must be between 2016 and 2100, got {year}")
+    n_max = len(_candidate_days(year))
     if not 2 <= n_dates <= n_max:
+        start, end = _season(year)
         raise ValueError(f"n_dates must be between 2 and {n_max} (Sentinel-2 acquisitions over "
-                         f"{SEASON_START}..{SEASON_END}), got {n_dates}")
+                         f"{start}..{end}), got {n_dates}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     try:
         pyproj.CRS.from_epsg(parcels_crs)
     except pyproj.exceptions.CRSError as exc:
         raise ValueError(f"parcels_crs must be an EPSG code known to PROJ, got {parcels_crs}: {exc}") from None
-    return size, n_dates, seed, parcels_crs
+    return size, n_dates, seed, parcels_crs, tile, year, fmt
 
 
 def _scene_from_marker(root: Path, meta: dict) -> DemoScene:
@@ -1211,15 +1300,20 @@ def _scene_from_marker(root: Path, meta: dict) -> DemoScene:
         grid=Grid(int(g["epsg"]), float(g["x0"]), float(g["y0"]), float(g["resolution"]),
                   int(g["height"]), int(g["width"])),
         dates=tuple(dt.date.fromisoformat(d) for d in meta["dates"]),
+        tile=meta.get("tile", TILE),
     )
 
 
 def _complete(root: Path, meta: dict) -> bool:
     need = [root / "items.json", root / "parcels.gpkg", root / "crop_mapping.csv"]
-    for d in meta.get("dates", []):
-        folder = root / "S2" / d.replace("-", "")
-        need += [folder / f"{b}.tif" for b in (*BANDS, SCL)]
-    return all(p.is_file() for p in need)
+    products = meta.get("products")
+    if products is not None:  # SAFE formats: the products listed in the marker
+        need += [root / p for p in products]
+    else:
+        for d in meta.get("dates", []):
+            folder = root / "S2" / d.replace("-", "")
+            need += [folder / f"{b}.tif" for b in (*BANDS, SCL)]
+    return all(p.exists() for p in need)
 
 
 def _read_marker(root: Path) -> dict | None:
@@ -1227,6 +1321,18 @@ def _read_marker(root: Path) -> dict | None:
         return json.loads((root / "scene.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def _safe_names(plan: _DatePlan, tile: str):
+    from .safe import SafeNames
+
+    sat = "S2A" if plan.platform == "sentinel-2a" else "S2B"
+    start = _acquisition(plan, tile)
+    launch = dt.date(2015, 6, 23) if sat == "S2A" else dt.date(2017, 3, 7)
+    absolute = int((plan.date - launch).days * 143 / 10) + 1
+    generated = dt.datetime.combine(plan.date, dt.time(12, 0, 0))
+    return SafeNames(sat=sat, start=start, baseline=plan.baseline, orbit=plan.orbit, tile=tile,
+                     generated=generated, absolute_orbit=absolute)
 
 
 def make_demo_scene(
@@ -1237,6 +1343,10 @@ def make_demo_scene(
     parcels_crs: int = 5514,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
+    *,
+    tile: str = TILE,
+    year: int = YEAR,
+    format: str = "cog",  # noqa: A002 (the user-facing name, as --format)
 ) -> DemoScene:
     """Write a synthetic Sentinel-2 L2A time series with LPIS-like parcels into ``outdir``.
 
@@ -1248,9 +1358,11 @@ def make_demo_scene(
     size : int
         Scene width and height in 10 m pixels (even, >= 64); the 20 m bands are ``size // 2``.
     n_dates : int
-        Number of acquisition dates (>= 2), irregularly spread over 2021-09-15 .. 2022-10-15.
+        Number of acquisition dates (>= 2), irregularly spread over the season (15 September of
+        ``year - 1`` .. 15 October of ``year``).
     seed : int
-        Seed of every random draw: same parameters give byte-identical pixels.
+        Seed of every random draw (landscape, dates, clouds): same parameters give byte-identical
+        pixels; another seed gives another landscape and another date set.
     parcels_crs : int
         EPSG code of the parcel file (default 5514, S-JTSK / Krovak East North, as Czech LPIS).
     overwrite : bool
@@ -1258,6 +1370,18 @@ def make_demo_scene(
         folder's scene-named entries (other files are left alone).
     progress : callable, optional
         Called with a short message at each step (e.g. each date written).
+    tile : str
+        Sentinel-2 (MGRS) tile the scene stands for (default ``33UWQ``): the scene lies on that
+        tile's real grid (its UTM CRS, its upper-left corner + (12 km, -18 km)), and item ids,
+        ``s2:mgrs_tile``, ``grid:code`` and footprints name it.
+    year : int
+        Harvest year of the season (default 2022: 2021-09-15 .. 2022-10-15). Processing baselines
+        follow the dates (04.00 and the +1000 DN offset from 2022-01-25).
+    format : str
+        ``cog`` (default): one Cloud-Optimized GeoTIFF per band and date under ``S2/<YYYYMMDD>/``;
+        ``safe``: one L2A ``.SAFE`` product per date under ``S2/`` (JPEG2000, lossless, real
+        layout and metadata); ``safe-zip``: the same products zipped. ``items.json`` is written
+        for every format (for SAFE, by :func:`crop2seg_pipeline.safe.index_safe`).
 
     Returns
     -------
@@ -1266,13 +1390,13 @@ def make_demo_scene(
     Raises
     ------
     ValueError
-        For invalid ``size``, ``n_dates``, ``seed`` or ``parcels_crs``.
+        For invalid ``size``, ``n_dates``, ``seed``, ``parcels_crs``, ``tile``, ``year`` or ``format``.
     Crop2SegError
         If ``outdir`` is a non-empty folder holding something else and ``overwrite`` is False.
     """
-    size, n_dates, seed, parcels_crs = _validate(size, n_dates, seed, parcels_crs)
+    size, n_dates, seed, parcels_crs, tile, year, fmt = _validate(size, n_dates, seed, parcels_crs, tile, year, format)
     root = Path(outdir).expanduser().resolve()
-    params = _parameters(size, n_dates, seed, parcels_crs)
+    params = _parameters(size, n_dates, seed, parcels_crs, tile, year, fmt)
     say = progress or (lambda msg: None)
 
     if root.exists() and not root.is_dir():
@@ -1307,9 +1431,9 @@ def make_demo_scene(
     import time
 
     t0 = time.perf_counter()
-    say(f"building the landscape ({size} x {size} px)")
-    land = _build_landscape(size, seed)
-    plans = _plan_dates(n_dates, seed)
+    say(f"building the landscape ({size} x {size} px on tile {tile})")
+    land = _build_landscape(size, seed, tile)
+    plans = _plan_dates(n_dates, seed, year)
     log.info("demo landscape: %d parcels, %d units (%.1f s)", len(land.parcels), land.profile.size,
              time.perf_counter() - t0)
 
@@ -1318,25 +1442,44 @@ def make_demo_scene(
     shutil.copyfile(_shipped_mapping(), mapping)
     parcels_path = root / "parcels.gpkg"
     out = land.parcels[["ID_DPB", "KOD_PLODINY", "NAZEV_PLODINY", "VYMERA", "geometry"]]
-    if parcels_crs != EPSG:
+    if parcels_crs != land.grid.epsg:
         out = out.to_crs(epsg=parcels_crs)
     out.to_file(parcels_path, layer="parcels", driver="GPKG", index=False)
 
-    ctx = _Context(land=land, seed=seed, root=root, blocksize=512 if size >= 2048 else 256)
+    bbox, geometry = _footprint_wgs84(land.grid)
+    writers = {}
+    if fmt != "cog":
+        from .safe import SafeWriter
+
+        writers = {p.index: SafeWriter(root / "S2", _safe_names(p, tile), land.grid) for p in plans}
+    ctx = _Context(land=land, seed=seed, root=root, blocksize=512 if size >= 2048 else 256,
+                   season_start=_season(year)[0],
+                   write=(lambda p, band, data: writers[p.index].write_band(band, data)) if writers else None)
     workers = max(1, min(2, os.cpu_count() or 1, n_dates))
     stats: list[dict] = []
+    products: list[str] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for plan, st in zip(plans, pool.map(lambda p: _render_date(ctx, p), plans)):
             stats.append(st)
+            if writers:
+                w = writers[plan.index]
+                w.finish(cloud_cover=st["eo:cloud_cover"], nodata_pct=st["s2:nodata_pixel_percentage"],
+                         boa_offset=plan.offset, footprint_lonlat=geometry["coordinates"][0],
+                         spacecraft="Sentinel-2A" if plan.platform == "sentinel-2a" else "Sentinel-2B")
+                path = w.zip() if fmt == "safe-zip" else w.root
+                products.append(path.relative_to(root).as_posix())
             msg = f"date {plan.index + 1}/{n_dates}: {plan.date} ({st['eo:cloud_cover']:.0f}% cloud)"
             log.debug(msg)
             say(msg)
 
-    bbox, geometry = _footprint_wgs84(land.grid)
-    items = {"type": "FeatureCollection",
-             "features": [_stac_item(p, land.grid, st, bbox, geometry) for p, st in zip(plans, stats)]}
+    if writers:
+        from .safe import index_safe
+
+        features = index_safe([root / p for p in products], relative_to=root)
+    else:
+        features = [_stac_item(p, land.grid, st, bbox, geometry, tile, root) for p, st in zip(plans, stats)]
     with open(root / "items.json", "w", encoding="utf-8") as f:
-        json.dump(items, f, indent=1)
+        json.dump({"type": "FeatureCollection", "features": features}, f, indent=1)
 
     g = land.grid
     counts = land.parcels["class_id"].value_counts().sort_index()
@@ -1344,11 +1487,13 @@ def make_demo_scene(
         "parameters": params,
         "grid": {"epsg": g.epsg, "x0": g.x0, "y0": g.y0, "resolution": g.resolution,
                  "height": g.height, "width": g.width},
-        "tile": TILE,
+        "tile": tile,
         "dates": [p.date.isoformat() for p in plans],
         "n_parcels": int(len(land.parcels)),
         "parcels_per_class": {CLASS_NAMES[int(k)]: int(v) for k, v in counts.items()},
     }
+    if writers:
+        meta["products"] = products
     tmp = root / "scene.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
     os.replace(tmp, root / "scene.json")

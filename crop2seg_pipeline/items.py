@@ -8,7 +8,8 @@ scene) into one plain ``dict`` that stackstac reads correctly:
   ``SCL``), at the band's native resolution when a provider ships resampled copies;
 - ``proj:epsg`` on every asset (stackstac 0.5 ignores ``proj:code``), 6-element
   ``proj:transform``, ``proj:shape``;
-- absolute hrefs (relative ones are resolved against the file the items came from);
+- absolute hrefs (relative ones are resolved against the file the items came from; also
+  relative ``/vsizip/`` paths into zipped SAFE products);
 - ``crop2seg:dn_offset``, the DN offset to *add* to harmonize processing baseline >= 04.00 data
   (``-1000``) with older data (``0``), plus ``crop2seg:tile`` and ``crop2seg:baseline``.
 """
@@ -55,6 +56,8 @@ BAND_ALIASES: dict[str, tuple[str, ...]] = {
     "B12": ("b12", "swir22"),
     "SCL": ("scl",),
 }
+#: Item properties by which a provider says its DNs already have the BOA offset removed.
+BOA_OFFSET_APPLIED_KEYS = ("earthsearch:boa_offset_applied", "sentinel:boa_offset_applied")
 _RES_SUFFIX = re.compile(r"[_-](\d{2})m$", re.IGNORECASE)
 _BASELINE_IN_ID = re.compile(r"_N(\d{2})(\d{2})_")
 _TILE_IN_ID = re.compile(r"_T(\d{2}[A-Z]{3})_")
@@ -72,8 +75,9 @@ def read_items(source: ItemsLike) -> list[dict]:
     ----------
     source
         A path or ``http(s)://`` URL to an ItemCollection / FeatureCollection / single Item JSON,
-        a sequence of those, a ``pystac.ItemCollection`` / ``pystac.Item`` or a sequence of item
-        dicts.
+        a Sentinel-2 L2A ``.SAFE`` folder or ``.zip`` product (or a folder of them, indexed by
+        :func:`crop2seg_pipeline.safe.index_safe`), a sequence of those, a
+        ``pystac.ItemCollection`` / ``pystac.Item`` or a sequence of item dicts.
 
     Returns
     -------
@@ -109,6 +113,10 @@ def _read_location(location: str) -> list[dict]:
             base = location
         else:
             path = Path(location).expanduser()
+            from .safe import index_safe, is_safe_source
+
+            if is_safe_source(path):
+                return index_safe(path)
             text = path.read_text(encoding="utf-8")
             base = str(path.resolve())
     except (OSError, ValueError) as e:
@@ -224,7 +232,13 @@ def normalize_item(item: Mapping, bands: Sequence[str] = BANDS, check_files: boo
     baseline = _baseline(item_id, props)
     offsets = {b: a.pop("crop2seg:dn_offset") for b, a in assets.items()}
     explicit = {b: o for b, o in offsets.items() if o is not None and b != SCL}
-    if explicit:
+    applied = next((k for k in BOA_OFFSET_APPLIED_KEYS if props.get(k) is True), None)
+    if applied is not None:
+        # Earth Search: the COGs already had the BOA offset removed, whatever raster:offset says
+        # (Element84/earth-search#71): subtracting it again would darken every pixel by 0.1.
+        dn_offset = 0
+        how = f"{applied} (offset already applied by the provider)"
+    elif explicit:
         dn_offset = int(round(np.median(list(explicit.values()))))
         how = "raster:offset"
     elif baseline is not None:
@@ -351,6 +365,10 @@ def _absolute_href(href: Any, base: str | None, item_id: str, key: str) -> str:
     if not href:
         raise ItemError(f"item {item_id!r}, asset {key!r} has no href")
     href = str(href)
+    if href.startswith("/vsizip/") and not href.startswith(("/vsizip//", "/vsizip/{", "/vsizip//vsi")) \
+            and base is not None and urllib.parse.urlparse(base).scheme not in ("http", "https"):
+        # a relative path to a zip (GDAL reads it against the working directory): the items' folder
+        return "/vsizip/" + os.path.normpath(os.path.join(os.path.dirname(base), href[len("/vsizip/"):]))
     if urllib.parse.urlparse(href).scheme in ("http", "https", "s3", "gs", "az", "file") or href.startswith("/vsi"):
         return href
     if os.path.isabs(href) or base is None:
@@ -361,6 +379,11 @@ def _absolute_href(href: Any, base: str | None, item_id: str, key: str) -> str:
 
 
 def _check_local(href: str, item_id: str, key: str) -> None:
+    if href.startswith("/vsizip//"):
+        m = re.match(r"/vsizip/(/.+?\.zip)(/|$)", href, re.IGNORECASE)
+        if m and not os.path.isfile(m.group(1)):
+            raise ReadError(f"item {item_id!r}, asset {key!r}: zip file {m.group(1)!r} does not exist")
+        return
     if urllib.parse.urlparse(href).scheme in ("", "file") and not href.startswith("/vsi"):
         path = href[7:] if href.startswith("file://") else href
         if not os.path.exists(path):

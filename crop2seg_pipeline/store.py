@@ -37,8 +37,24 @@ STORE_FORMAT = "crop2seg-patch-store"
 STORE_VERSION = 1
 MARKER_DIR = ".crop2seg/done"
 
-#: Codec of the patch arrays (also used by the raw-I/O benchmark baseline).
-CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+#: Codecs a store's patch arrays can be written with (``--codec``), by name. Chosen by measurement
+#: (``python benchmarks/codecs.py``: encode/decode speed, ratio and the training loader's read
+#: speed on demo patches); the name is recorded in the store's ``codec`` attribute.
+CODECS: dict[str, BloscCodec | None] = {
+    "zstd-1": BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"),
+    "zstd-3": BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),
+    "lz4": BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),
+    "none": None,
+}
+#: The codec of new stores.
+DEFAULT_CODEC = "zstd-1"
+
+
+def codec(name: str) -> BloscCodec | None:
+    """The codec of ``name`` (see :data:`CODECS`); a clear error for an unknown name."""
+    if name not in CODECS:
+        raise StoreError(f"unknown codec {name!r}: choose one of {', '.join(CODECS)}")
+    return CODECS[name]
 
 
 def store_state(path: str | os.PathLike) -> str:
@@ -89,6 +105,7 @@ def create_skeleton(
     bands: Sequence[str],
     patch_size: int,
     attrs: Mapping[str, Any],
+    codec_name: str = DEFAULT_CODEC,
 ) -> None:
     """Write the store's metadata, coordinates, ``dates`` and ``clear``; data arrays stay empty.
 
@@ -101,7 +118,10 @@ def create_skeleton(
         (patch, time) datetime64, NaT for padding.
     clear
         (patch, time) float32 clear-sky fractions (NaN for padding).
+    codec_name
+        Codec of ``s2``, ``label`` and ``parcel_id`` (see :data:`CODECS`), recorded as ``codec``.
     """
+    compressors = [c] if (c := codec(codec_name)) is not None else None
     n, t = dates.shape
     b, p = len(bands), patch_size
     ds = xr.Dataset(
@@ -122,13 +142,14 @@ def create_skeleton(
             "x0": ("patch", patches["x0"].to_numpy("float64")),
             "y0": ("patch", patches["y0"].to_numpy("float64")),
         },
-        attrs={"format": STORE_FORMAT, "format_version": STORE_VERSION, "complete": False, **attrs},
+        attrs={"format": STORE_FORMAT, "format_version": STORE_VERSION, "complete": False, "codec": codec_name,
+               **attrs},
     )
     enc = {
         # 0 is a real value (nodata DN, Background, no parcel), not a mask: no _FillValue
-        "s2": {"compressors": [CODEC], "chunks": (1, t, b, p, p), "_FillValue": None},
-        "label": {"compressors": [CODEC], "chunks": (1, p, p), "_FillValue": None},
-        "parcel_id": {"compressors": [CODEC], "chunks": (1, p, p), "_FillValue": None},
+        "s2": {"compressors": compressors, "chunks": (1, t, b, p, p), "_FillValue": None},
+        "label": {"compressors": compressors, "chunks": (1, p, p), "_FillValue": None},
+        "parcel_id": {"compressors": compressors, "chunks": (1, p, p), "_FillValue": None},
         "dates": {"units": "days since 1970-01-01", "dtype": "int64"},
     }
     with warnings.catch_warnings():

@@ -34,7 +34,7 @@ from .errors import Crop2SegError
 #: Keys shared by the commands, at the top level of a workflow.
 TOP_LEVEL = {"name", "description", "cluster", "items", "parcels", "mapping", "id_column", "crop_column",
              "layer", "bbox", "bbox_crs", "start", "end", "workdir", "demo_size",
-             "build", "train", "evaluate", "predict", "demo_scene", "app"}
+             "build", "train", "evaluate", "predict", "demo_scene", "search", "download", "app"}
 #: Which top-level keys each command takes, and where its own section is.
 COMMANDS: dict[str, dict[str, Any]] = {
     "build-dataset": {"section": "build", "shared": ["cluster", "items", "parcels", "mapping", "id_column",
@@ -47,6 +47,9 @@ COMMANDS: dict[str, dict[str, Any]] = {
     "evaluate": {"section": "evaluate", "shared": []},
     "demo-scene": {"section": "demo_scene", "shared": []},
     "cluster": {"section": None, "shared": [], "rename": {"cluster": "spec"}},
+    "search": {"section": "search", "shared": ["bbox", "start", "end"]},
+    "download": {"section": "download", "shared": ["cluster", "items", "bbox", "bbox_crs"]},
+    "index-safe": {"section": None, "shared": []},
     "app": {"section": "app", "shared": ["cluster", "items", "parcels", "mapping", "id_column", "crop_column", "layer",
                                          "demo_size"]},
 }
@@ -116,26 +119,35 @@ def defaults_for(doc: Mapping[str, Any], command: str, params: set[str]) -> dict
 
 
 def resolve_stac_items(query: Mapping[str, Any], doc: Mapping[str, Any]) -> Path:
-    """Run a workflow's STAC query once and cache the ItemCollection under ``workdir``."""
-    from .stac_search import Window, search_windows
+    """Run a workflow's STAC query once (:mod:`crop2seg_pipeline.search`) and cache the ItemCollection under ``workdir``.
+
+    Keys: ``provider`` (earth-search, planetary-computer, cdse) and/or ``api`` (a STAC API URL),
+    ``collection`` (default: the provider's), ``bbox`` / ``tiles``, ``windows`` (each ``start``,
+    ``end``, ``max_cloud``) and ``max_per_window``.
+    """
+    from .search import Window, provider_for, search_windows, write_items
 
     q = dict(query.get("stac", query))
-    for req in ("api", "collection", "bbox", "windows"):
+    for req in ("windows",):
         if req not in q:
             raise WorkflowError(f"workflow {doc['_path']}: the STAC query needs '{req}'")
+    if not (q.get("bbox") or q.get("tiles")):
+        raise WorkflowError(f"workflow {doc['_path']}: the STAC query needs 'bbox' or 'tiles'")
+    provider, url = provider_for(q.get("provider"), q.get("api"))
+    collection = q.get("collection") or (provider.collection if provider else None)
+    if not collection:
+        raise WorkflowError(f"workflow {doc['_path']}: the STAC query needs 'collection' with a generic 'api'")
+    try:
+        windows = [Window.parse(w) for w in q["windows"]]
+    except ValueError as e:
+        raise WorkflowError(f"workflow {doc['_path']}: {e}") from None
     digest = hashlib.sha256(json.dumps(q, sort_keys=True, default=str).encode()).hexdigest()[:12]
     cache = Path(doc.get("workdir") or ".crop2seg-workflow") / f"items-{digest}.json"
     if cache.exists():
         return cache
-    items = search_windows(
-        q["api"], q["collection"], bbox=q["bbox"], windows=[Window.parse(w) for w in q["windows"]],
-        tiles=q.get("tiles"), max_per_window=q.get("max_per_window"),
-    )
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
-    tmp.replace(cache)
-    return cache
+    items = search_windows(url, collection, bbox=q.get("bbox"), windows=windows, tiles=q.get("tiles"),
+                           max_per_window=q.get("max_per_window"), provider=provider)
+    return write_items(items, cache)
 
 
 def workflow_option(command: str):

@@ -14,6 +14,39 @@ from pathlib import Path
 from urllib.parse import unquote
 
 
+def send_file(handler: BaseHTTPRequestHandler, path: Path, body: bool, cut: int | None = None) -> None:
+    """Answer with ``path`` (200, or 206 for a ``Range`` request); ``cut``: drop the connection after that many bytes."""
+    size = path.stat().st_size
+    start, end = 0, size - 1
+    rng = handler.headers.get("Range")
+    if rng and rng.startswith("bytes="):
+        a, _, b = rng[6:].partition("-")
+        start = int(a) if a else max(size - int(b), 0)
+        end = min(int(b), size - 1) if (a and b) else size - 1
+        if start >= size:
+            handler.send_response(416)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        handler.send_response(206)
+        handler.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+    else:
+        handler.send_response(200)
+    handler.send_header("Accept-Ranges", "bytes")
+    handler.send_header("Content-Length", str(end - start + 1))
+    handler.end_headers()
+    if body:
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read(end - start + 1)
+        if cut is not None:  # a connection that drops mid-file
+            handler.wfile.write(data[:cut])
+            handler.wfile.flush()
+            handler.close_connection = True
+            return
+        handler.wfile.write(data)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: "FlakyServer"
 
@@ -38,24 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        size = path.stat().st_size
-        start, end = 0, size - 1
-        rng = self.headers.get("Range")
-        if rng and rng.startswith("bytes="):
-            a, _, b = rng[6:].partition("-")
-            start = int(a) if a else max(size - int(b), 0)
-            end = min(int(b), size - 1) if (a and b) else size - 1
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        else:
-            self.send_response(200)
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(end - start + 1))
-        self.end_headers()
-        if body:
-            with open(path, "rb") as f:
-                f.seek(start)
-                self.wfile.write(f.read(end - start + 1))
+        send_file(self, path, body)
 
     def do_GET(self) -> None:  # noqa: N802
         self._serve(True)

@@ -23,15 +23,16 @@ from distributed import Client, LocalCluster
 from crop2seg_pipeline.build import build_dataset
 from crop2seg_pipeline.dataset import PatchDataset, collate_patches
 from crop2seg_pipeline.errors import ParcelError, ReadError, StoreError
+from crop2seg_pipeline.graph.build import MOMENTS_STEP
+from processes import wait_for_scheduler_file
 from crop2seg_pipeline.kernels.s2 import clear_mask
-from crop2seg_pipeline.labels import CropMapping
 from crop2seg_pipeline.nomenclature import BANDS, DEFAULT_UNCLEAR_SCL
 from crop2seg_pipeline.store import open_store
 
 pytestmark = pytest.mark.slow
 
 PATCH = 64
-OPTS = dict(patch_size=PATCH, chunk_patches=2, min_crop_cover=0.3, split_block=2, seed=3)
+OPTS = dict(patch_size=PATCH, chunksize=2 * PATCH, min_crop_cover=0.3, split_block=2, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +151,8 @@ def test_skipped_patches_are_the_low_cover_ones(demo_scene, store):
 
 
 def test_normalization_is_pooled_over_clear_train_pixels(demo_scene, store):
+    """Mean/std per band over the clear, valid (> 0) pixels of the train patches, sampled every
+    MOMENTS_STEP-th row and column of each patch."""
     path, _ = store
     ds = open_store(path)
     train = np.flatnonzero(ds["split"].values.astype(object) == "train")
@@ -165,6 +168,8 @@ def test_normalization_is_pooled_over_clear_train_pixels(demo_scene, store):
         for k, (r, c) in enumerate(zip(rows, cols)):
             clr = clear_mask(scl[keep_t][:, r * PATCH : (r + 1) * PATCH, c * PATCH : (c + 1) * PATCH], DEFAULT_UNCLEAR_SCL)
             x = s2[k, :t_kept, b]
+            sample = (slice(None), slice(None, None, MOMENTS_STEP), slice(None, None, MOMENTS_STEP))
+            x, clr = x[sample], clr[sample]
             vals.append(x[clr & (x > 0)])
         v = np.concatenate(vals)
         mean.append(v.mean())
@@ -233,17 +238,15 @@ def _cli(*args, env=None, **kw):
 def test_real_scheduler_and_two_workers_give_identical_store(demo_scene, store, tmp_path):
     path, _ = store
     sched_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen(["dask", "scheduler", "--scheduler-file", str(sched_file), "--port", "0",
-                               "--dashboard-address", "127.0.0.1:0", "--host", "127.0.0.1"],
+    # `python -m` with this interpreter: the processes import this checkout's package
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file", str(sched_file),
+                               "--port", "0", "--dashboard-address", "127.0.0.1:0", "--host", "127.0.0.1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
-        for _ in range(100):
-            if sched_file.exists() and sched_file.stat().st_size:
-                break
-            time.sleep(0.1)
-        address = json.loads(sched_file.read_text())["address"]
+        address = wait_for_scheduler_file(sched_file, procs[0])
         for _ in range(2):
-            procs.append(subprocess.Popen(["dask", "worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard"],
+            procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                                           "--nworkers", "1", "--no-dashboard"],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         with Client(address) as client:
             client.wait_for_workers(2, timeout=60)
@@ -263,7 +266,7 @@ def test_interrupt_and_resume_equals_clean_build(demo_scene, store, tmp_path):
     path, summary = store
     out = tmp_path / "resumed.zarr"
     args = ["build-dataset", "--items", str(demo_scene.items), "--parcels", str(demo_scene.parcels), "--out", str(out),
-            "--mapping", str(demo_scene.mapping), "--patch-size", str(PATCH), "--chunk-patches", "2",
+            "--mapping", str(demo_scene.mapping), "--patch-size", str(PATCH), "--chunksize", str(2 * PATCH),
             "--min-crop-cover", "0.3", "--split-block", "2", "--seed", "3", "--workers", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "crop2seg_pipeline", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)

@@ -6,7 +6,6 @@ subprocesses, and a SLURMCluster whose ``sbatch`` is a stand-in that runs the jo
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -21,6 +20,7 @@ import yaml
 from click.testing import CliRunner
 
 from crop2seg_pipeline.cli.cluster import cluster_cmd
+from processes import wait_for_scheduler_file
 from crop2seg_pipeline.cluster import (
     KEYS,
     ClusterSpecError,
@@ -157,11 +157,7 @@ def scheduler_pair(tmp_path):
          "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
-        deadline = time.monotonic() + 60
-        while not sched_file.exists() or not sched_file.read_text().strip():
-            assert time.monotonic() < deadline and procs[0].poll() is None, "dask scheduler did not start"
-            time.sleep(0.1)
-        address = json.loads(sched_file.read_text())["address"]
+        address = wait_for_scheduler_file(sched_file, procs[0])
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "1", "--nthreads", "2",
              "--memory-limit", "1GB", "--resources", "GPU=1", "--no-dashboard", "--local-directory", str(tmp_path)],

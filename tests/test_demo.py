@@ -434,3 +434,147 @@ def test_demo_scene_command(tmp_path):
     assert "items" in res.output and (tmp_path / "s" / "items.json").exists()
     res = CliRunner().invoke(demo_scene_cmd, [str(tmp_path / "t"), "--size", "127"])
     assert res.exit_code != 0 and "Error" in res.output and "Traceback" not in res.output
+
+
+# --- tiles, seasons, SAFE ------------------------------------------------------------------------------
+def test_scene_on_another_tile_and_season(tmp_path):
+    """A scene for 33UVR in 2019: that tile's grid, ids, footprint and a 2018/19 date set."""
+    from crop2seg_pipeline.s2tiles import parse_tile
+
+    s = make_demo_scene(tmp_path / "s", size=128, n_dates=5, seed=4, tile="33UVR", year=2019, parcels_crs=32633)
+    t = parse_tile("33UVR")
+    assert s.tile == "33UVR" and (s.grid.epsg, s.grid.x0, s.grid.y0) == (32633, t.x0 + 12000, t.y0 - 18000)
+    assert dt.date(2018, 9, 15) <= s.dates[0] and s.dates[-1] <= dt.date(2019, 10, 15)
+    ic = pystac.ItemCollection.from_dict(json.loads(s.items.read_text()))
+    lon0, lat0, lon1, lat1 = t.bounds_wgs84()
+    for item, d in zip(ic.items, s.dates):
+        p = item.properties
+        assert p["s2:mgrs_tile"] == "33UVR" and p["grid:code"] == "MGRS-33UVR" and "_T33UVR_" in item.id
+        assert p["s2:processing_baseline"] < "04.00"  # every 2019 date is before the offset
+        assert all(a.extra_fields["raster:offset"] == 0.0 for k, a in item.assets.items() if k != SCL)
+        assert lon0 < item.bbox[0] < item.bbox[2] < lon1 and lat0 < item.bbox[1] < item.bbox[3] < lat1
+        with rasterio.open(s.root / item.assets["B02"].href) as ds:
+            assert tuple(ds.transform)[:6] == (10, 0, s.grid.x0, 0, -10, s.grid.y0)
+    p = gpd.read_file(s.parcels, layer="parcels")
+    assert p.crs.to_epsg() == 32633
+    minx, miny, maxx, maxy = p.total_bounds
+    assert s.grid.x0 - 500 <= minx and maxx <= s.grid.x0 + 128 * 10 + 500
+
+
+def test_tile_outside_zone_33_and_baselines_follow_dates(tmp_path):
+    s = make_demo_scene(tmp_path / "s", size=64, n_dates=6, seed=1, tile="06VVN", year=2023, parcels_crs=32606)
+    assert s.grid.epsg == 32606 and (s.grid.x0, s.grid.y0) == (399960 + 12000, 6800040 - 18000)
+    items = json.loads(s.items.read_text())["features"]
+    for it, d in zip(items, s.dates):
+        b = it["properties"]["s2:processing_baseline"]
+        assert (b >= "04.00") == (d >= dt.date(2022, 1, 25))  # from 2022-12-06 it is 05.09, then 05.10
+        assert it["assets"]["B04"]["raster:offset"] == (-0.1 if b >= "04.00" else 0.0)
+        assert it["properties"]["datetime"][11:13] in ("20", "21")  # Alaska: ~10:30 local solar time
+    # the DNs carry the offset on the 2022/23 dates after 25 January 2022 (all of them here)
+    assert all(d >= dt.date(2022, 9, 15) for d in s.dates)
+    assert gpd.read_file(s.parcels).crs.to_epsg() == 32606
+
+
+def test_seeds_years_and_tiles_give_other_date_sets_and_landscapes(tmp_path):
+    a = make_demo_scene(tmp_path / "a", size=64, n_dates=6, seed=1)
+    b = make_demo_scene(tmp_path / "b", size=64, n_dates=6, seed=2)
+    c = make_demo_scene(tmp_path / "c", size=64, n_dates=6, seed=1, year=2020)
+    assert a.dates != b.dates and a.dates != c.dates and len(c.dates) == 6
+    la, lb = _build_landscape(64, 1), _build_landscape(64, 2)
+    lt = _build_landscape(64, 1, "33UXQ")
+    assert not np.array_equal(la.unit, lb.unit) and not np.array_equal(la.unit, lt.unit)
+    assert lt.grid.x0 == la.grid.x0 + 100020  # 33UXQ starts at 600000, 33UWQ at 499980
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"tile": "33UWI"}, "not a Sentinel-2 tile id"),
+    ({"year": 1999}, "year"),
+    ({"format": "tiff"}, "format must be one of"),
+    ({"year": 2019.0}, "integer"),
+])
+def test_invalid_tile_year_format(tmp_path, kwargs, match):
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=match):
+        make_demo_scene(out, size=64, n_dates=2, **kwargs)
+    assert not out.exists()
+
+
+def test_safe_scene_layout_and_metadata(tmp_path):
+    """--format safe: real SAFE names and layout, lossless JP2s equal to the COG scene's pixels."""
+    import xml.etree.ElementTree as ET
+
+    cog = make_demo_scene(tmp_path / "cog", size=128, n_dates=3, seed=5, year=2022)
+    safe = make_demo_scene(tmp_path / "safe", size=128, n_dates=3, seed=5, year=2022, format="safe")
+    assert safe.dates == cog.dates and safe.grid == cog.grid
+    products = sorted((safe.root / "S2").iterdir())
+    assert len(products) == 3
+    for prod, d in zip(products, safe.dates):
+        assert prod.suffix == ".SAFE" and f"_MSIL2A_{d:%Y%m%d}T" in prod.name and "_T33UWQ_" in prod.name
+        granule = next((prod / "GRANULE").iterdir())
+        assert granule.name.startswith("L2A_T33UWQ_A")
+        mtd = ET.parse(prod / "MTD_MSIL2A.xml").getroot()
+        baseline = mtd.find(".//PROCESSING_BASELINE").text
+        offsets = mtd.findall(".//BOA_ADD_OFFSET_VALUES_LIST/BOA_ADD_OFFSET")
+        assert (len(offsets) == 13) == (baseline >= "04.00")
+        assert all(o.text == "-1000" for o in offsets)
+        for band in ALL_ASSETS:
+            res = NATIVE_RESOLUTION[band]
+            jp2 = granule / "IMG_DATA" / f"R{res}m" / f"T33UWQ_{prod.name.split('_')[2]}_{band}_{res}m.jp2"
+            with rasterio.open(jp2) as ds:
+                assert ds.driver == "JP2OpenJPEG" and ds.crs.to_epsg() == 32633
+                assert np.array_equal(ds.read(1), _read(cog, d, band)), (d, band)
+    # the items were indexed from the products
+    items = json.loads(safe.items.read_text())["features"]
+    assert [it["properties"]["datetime"] for it in items] == \
+        [it["properties"]["datetime"] for it in json.loads(cog.items.read_text())["features"]]
+    assert all(a["href"].endswith(".jp2") and not a["href"].startswith("/") for it in items for a in it["assets"].values())
+
+
+def test_demo_scene_command_tile_year_format(tmp_path):
+    from click.testing import CliRunner
+
+    from crop2seg_pipeline.cli.demo import demo_scene_cmd
+
+    res = CliRunner().invoke(demo_scene_cmd, [str(tmp_path / "s"), "--size", "128", "--dates", "3", "--tile", "33UYR",
+                                              "--year", "2019", "--format", "safe-zip", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "tile 33UYR" in res.output and "2018-" in res.output
+    assert len(list((tmp_path / "s" / "S2").glob("*.zip"))) == 3
+    res = CliRunner().invoke(demo_scene_cmd, [str(tmp_path / "t"), "--tile", "33UXP1"])
+    assert res.exit_code != 0 and "not a Sentinel-2 tile id" in res.output and not (tmp_path / "t").exists()
+
+
+@pytest.mark.slow
+def test_store_from_two_tiles_with_different_date_counts(tmp_path):
+    """Two demo scenes standing for two tiles build one store: patches of both, own dates, NaT padding."""
+    import pandas as pd
+
+    from crop2seg_pipeline.build import build_dataset
+    from crop2seg_pipeline.store import open_store
+
+    a = make_demo_scene(tmp_path / "a", size=256, n_dates=4, seed=3, tile="33UVR", year=2019)
+    b = make_demo_scene(tmp_path / "b", size=256, n_dates=6, seed=4, tile="33UWQ", year=2022)
+    pa, pb = (gpd.read_file(s.parcels, layer="parcels") for s in (a, b))
+    pb["ID_DPB"] += 10_000_000  # one LPIS file for both tiles, ids unique
+    parcels = tmp_path / "parcels.gpkg"
+    gpd.GeoDataFrame(pd.concat([pa, pb], ignore_index=True), crs=pa.crs).to_file(parcels, layer="parcels")
+    out = tmp_path / "two.zarr"
+    summary = build_dataset([str(a.items), str(b.items)], parcels, out, mapping=a.mapping, patch_size=64,
+                            chunksize=128, min_crop_cover=0.3, split_block=2)
+    assert summary.tiles == ["33UVR", "33UWQ"]
+    ds = open_store(out)
+    tiles = np.array([str(t) for t in ds["tile"].values])
+    assert set(tiles) == {"33UVR", "33UWQ"}
+    assert ds.sizes["time"] == 6
+    for tile, scene in (("33UVR", a), ("33UWQ", b)):
+        k = int(np.flatnonzero(tiles == tile)[0])
+        dates = ds["dates"].values[k]
+        valid = dates[~np.isnat(dates)]
+        assert len(valid) == summary.n_dates[tile] <= len(scene.dates)
+        assert {str(d)[:10] for d in valid} <= {d.isoformat() for d in scene.dates}
+        assert np.isnat(dates[len(valid):]).all()  # padding at the end
+        assert int(ds["epsg"].values[k]) == 32633
+        x0 = float(ds["x0"].values[k])
+        assert scene.grid.x0 <= x0 < scene.grid.x0 + 256 * 10
+        assert not ds["s2"].values[k, len(valid):].any()  # padded dates hold no data
+    assert summary.n_dates["33UVR"] < summary.n_dates["33UWQ"]

@@ -205,6 +205,52 @@ def test_provider_shapes_give_the_same_cube(small_scene, reference_cube, provide
     assert set(cube["tile"].values) == {"33UWQ"}
 
 
+def _earth_search_v1_offset_applied(item: dict, folder: Path) -> dict:
+    """An Earth Search v1 item whose COGs already had the BOA offset removed (``boa_offset_applied``).
+
+    As Element84 publishes them for baseline >= 04.00 scenes: ``raster:bands`` still declare
+    ``offset: -0.1`` (Element84/earth-search#71), ``earthsearch:boa_offset_applied: true``, and the
+    files hold ``DN - 1000``. The files are rewritten that way here.
+    """
+    import rasterio
+
+    out = as_earth_search_v1(item)
+    applied = _baseline_tag(item) >= "04.00"
+    out["properties"].update({"earthsearch:boa_offset_applied": applied, "s2:processing_baseline": _baseline_tag(item),
+                              "earthsearch:payload_id": "roda-sentinel2/workflow-sentinel2-to-stac/synthetic"})
+    for key, a in out["assets"].items():
+        if not applied or key == "scl":
+            continue
+        src = Path(a["href"])
+        dst = folder / item["id"] / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with rasterio.open(src) as ds:
+            data, profile = ds.read(1), ds.profile
+        harmonized = np.where(data > 0, np.maximum(data.astype(np.int32) - 1000, 1), 0).astype(np.uint16)
+        with rasterio.open(dst, "w", **profile) as ds:
+            ds.write(harmonized, 1)
+        a["href"] = str(dst)
+        assert a["raster:bands"][0]["offset"] == -0.1  # declared, yet already applied
+    return out
+
+
+def test_earth_search_boa_offset_applied_is_not_subtracted_twice(small_scene, reference_cube, tmp_path):
+    items = [_earth_search_v1_offset_applied(it, tmp_path) for it in _demo_items(small_scene)]
+    norm = normalize_items(items)
+    for it in norm:
+        p = it["properties"]
+        if p["crop2seg:baseline"] >= "04.00":
+            assert p["crop2seg:dn_offset"] == 0 and "boa_offset_applied" in p["crop2seg:dn_offset_from"]
+    cube = load_cube(items, bbox=_bbox(small_scene), bbox_crs=32633, chunksize=64).compute()
+    np.testing.assert_array_equal(cube["s2"].values, reference_cube["s2"].values)  # same harmonized DNs
+    # trusting raster:offset instead would have subtracted the offset a second time
+    flagless = copy.deepcopy(items)
+    for it in flagless:
+        it["properties"].pop("earthsearch:boa_offset_applied")
+    wrong = load_cube(flagless, bbox=_bbox(small_scene), bbox_crs=32633, chunksize=64).compute()
+    assert not np.array_equal(wrong["s2"].values, reference_cube["s2"].values)
+
+
 def test_demo_mixes_baselines(small_scene):
     items = normalize_items(small_scene.items)
     offsets = {it["properties"]["crop2seg:baseline"]: it["properties"]["crop2seg:dn_offset"] for it in items}

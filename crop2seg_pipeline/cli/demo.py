@@ -17,17 +17,21 @@ from . import CONTEXT, fail, quiet_opt, setup_logging, verbose_opt
 @click.argument("outdir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--size", default=1024, type=int, help="Scene side in 10 m pixels (even).")
 @click.option("--dates", "n_dates", default=24, type=int, help="Number of acquisition dates.")
-@click.option("--seed", default=0, type=int, help="Random seed (same seed, same scene).")
+@click.option("--seed", default=0, type=int, help="Random seed (same seed, same scene; another seed, another landscape and date set).")
+@click.option("--tile", default="33UWQ", help="Sentinel-2 (MGRS) tile the scene stands for, e.g. 33UVR: its real UTM grid, ids and footprint.")
+@click.option("--year", default=2022, type=int, help="Harvest year of the season (15 Sep of YEAR-1 .. 15 Oct of YEAR); baselines follow the dates.")
+@click.option("--format", "fmt", default="cog", type=click.Choice(["cog", "safe", "safe-zip"]),
+              help="cog: one COG per band and date; safe: L2A .SAFE products (JPEG2000); safe-zip: the same, zipped.")
 @click.option("--parcels-crs", default=5514, type=int, help="EPSG code of the parcel file (5514: Czech S-JTSK).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTDIR if it holds another scene.")
 @verbose_opt
 @quiet_opt
-def demo_scene_cmd(outdir, size, n_dates, seed, parcels_crs, overwrite, verbose, quiet):
-    """Write a synthetic Sentinel-2 L2A scene (COGs, SCL, STAC items) and LPIS-like parcels to OUTDIR.
+def demo_scene_cmd(outdir, size, n_dates, seed, tile, year, fmt, parcels_crs, overwrite, verbose, quiet):
+    """Write a synthetic Sentinel-2 L2A scene (COGs or SAFE products, SCL, STAC items) and LPIS-like parcels to OUTDIR.
 
-    The scene sits on the real Sentinel-2 grid (tile 33UWQ, EPSG:32633), one Cloud-Optimized
-    GeoTIFF per band and date at native 10/20 m resolution, with clouds, shadows, a swath edge,
-    processing baselines before and after 04.00, and crops with their own phenology.
+    The scene sits on the real Sentinel-2 grid of --tile (default 33UWQ, EPSG:32633), at native
+    10/20 m resolution, with clouds, shadows, a swath edge, the processing baselines of its dates
+    (04.00 and its +1000 DN offset from 2022-01-25), and crops with their own phenology.
     """
     setup_logging(verbose, quiet)
     from ..demo import make_demo_scene
@@ -35,10 +39,11 @@ def demo_scene_cmd(outdir, size, n_dates, seed, parcels_crs, overwrite, verbose,
     t0 = time.perf_counter()
     try:
         scene = make_demo_scene(outdir, size=size, n_dates=n_dates, seed=seed, parcels_crs=parcels_crs,
-                                overwrite=overwrite)
+                                overwrite=overwrite, tile=tile, year=year, format=fmt)
     except (Crop2SegError, ValueError) as e:
         raise fail(e) from e
-    click.echo(f"demo scene: {scene.root} ({size} x {size} px, {len(scene.dates)} dates) in {time.perf_counter() - t0:.1f} s")
+    click.echo(f"demo scene: {scene.root} ({size} x {size} px, tile {scene.tile}, {len(scene.dates)} dates "
+               f"{scene.dates[0]}..{scene.dates[-1]}, {fmt}) in {time.perf_counter() - t0:.1f} s")
     click.echo(f"  items   : {scene.items}")
     click.echo(f"  parcels : {scene.parcels}")
     click.echo(f"  mapping : {scene.mapping}")

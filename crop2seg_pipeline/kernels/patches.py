@@ -72,17 +72,30 @@ class Moments:
         return cls(np.zeros(n_bands, np.int64), np.zeros(n_bands), np.zeros(n_bands))
 
     @classmethod
-    def of(cls, s2: np.ndarray, clear: np.ndarray) -> "Moments":
-        """Moments of ``s2`` (k, T, B, y, x) over pixels that are clear (k, T, y, x) and > 0."""
+    def of(cls, s2: np.ndarray, clear: np.ndarray, step: int = 1) -> "Moments":
+        """Moments of ``s2`` (k, T, B, y, x) uint16 over pixels that are clear (k, T, y, x) and > 0.
+
+        ``step`` > 1 takes every ``step``-th pixel along y and x (a regular spatial sample, the
+        same for every band and date). Exact: a histogram of the DNs per band (``bincount`` over
+        the 65536 values) gives the count, sum and sum of squares as integers, and the moments
+        are formed from them with Python integers (one rounding, no float64 copy of the pixels).
+        """
         nb = s2.shape[2]
         out = cls.zeros(nb)
+        values = np.arange(65536, dtype=np.int64)
+        sel = (..., slice(None, None, step), slice(None, None, step))
+        mask = clear[sel]
         for b in range(nb):
-            x = s2[:, :, b]
-            sel = x[clear & (x > 0)].astype(np.float64)
-            if sel.size:
-                out.count[b] = sel.size
-                out.mean[b] = sel.mean()
-                out.m2[b] = ((sel - out.mean[b]) ** 2).sum()
+            x = np.where(mask, s2[:, :, b][sel], np.uint16(0))
+            hist = np.bincount(x.ravel(), minlength=65536).astype(np.int64)
+            hist[0] = 0  # nodata and cloudy pixels
+            n = int(hist.sum())
+            if n:
+                s = int(hist @ values)
+                ss = int(hist @ (values * values))
+                out.count[b] = n
+                out.mean[b] = s / n
+                out.m2[b] = (ss * n - s * s) / n
         return out
 
     def __add__(self, other: "Moments") -> "Moments":

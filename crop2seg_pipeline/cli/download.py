@@ -1,0 +1,70 @@
+"""``crop2seg-download``: a local mirror of the assets a build needs (see :mod:`crop2seg_pipeline.download`)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import click
+
+from ..errors import Crop2SegError
+from ..workflow import workflow_option
+from . import CONTEXT, fail, parse_floats, quiet_opt, setup_logging, verbose_opt, workers_ignore_sigint
+
+
+@click.command(context_settings=CONTEXT)
+@workflow_option("download")
+@click.argument("items", required=False)
+@click.option("--items", "items_opt", default=None, hidden=True, help="ITEMS, as an option (workflows).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Mirror folder (new, empty, or an earlier mirror to resume).")
+@click.option("--bbox", default=None, help="Cut every file to this area 'minx,miny,maxx,maxy' (in --bbox-crs), as local COGs.")
+@click.option("--bbox-crs", default="EPSG:4326", help="CRS of --bbox.")
+@click.option("--bands", default=None, help="Reflectance bands to mirror, comma-separated (default all 10; SCL always).")
+@click.option("--retries", default=5, type=int, help="Attempts per file for transient failures (HTTP 429/5xx, resets, timeouts).")
+@click.option("--cluster", default="local", help="A spec name (local, slurm, pbs, existing), a spec YAML path, or a scheduler address tcp://HOST:PORT.")
+@click.option("--workers", default=None, type=int, help="Local clusters only: number of workers.")
+@click.option("--threads-per-worker", default=None, type=int, help="Local cluster: threads per worker (default 1).")
+@verbose_opt
+@quiet_opt
+def download_cmd(items, items_opt, out, bbox, bbox_crs, bands, retries, cluster, workers, threads_per_worker,
+                 verbose, quiet):
+    """Mirror the 10 bands and SCL of ITEMS (a STAC items JSON, URL, or SAFE products) into --out.
+
+    Files are fetched in parallel on the Dask cluster, verified (file:checksum where the items
+    have one, size otherwise), retried on transient errors and resumed by running the same
+    command again. Writes OUT/items.json with relative hrefs: give it as --items to every
+    other command (e.g. on compute nodes without internet).
+    """
+    setup_logging(verbose, quiet)
+    from ..cluster import connect
+    from ..download import RetryPolicy, mirror, plan_mirror
+    from ..nomenclature import BANDS
+
+    items = items or items_opt
+    if not items:
+        raise click.UsageError("give ITEMS (a STAC items JSON, URL, .SAFE folder or .zip)")
+    band_list = BANDS
+    if bands:
+        band_list = tuple(b.strip().upper() for b in bands.split(",") if b.strip())
+        unknown = [b for b in band_list if b not in BANDS]
+        if unknown:
+            raise click.BadParameter(f"unknown band(s) {', '.join(unknown)}; choose from {', '.join(BANDS)}", param_hint="--bands")
+    if retries < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--retries")
+    box = parse_floats(bbox, 4, "--bbox")
+    try:
+        plan_mirror(items, bands=band_list, bbox=box, bbox_crs=bbox_crs)  # every check before a cluster starts
+        with contextlib.ExitStack() as stack:
+            with workers_ignore_sigint(cluster):
+                client = stack.enter_context(connect(cluster, n_workers=workers, threads_per_worker=threads_per_worker))
+            if not quiet:
+                click.echo(f"Dask dashboard: {client.dashboard_link}")
+            try:
+                summary = mirror(items, out, bands=band_list, bbox=box, bbox_crs=bbox_crs, client=client,
+                                 policy=RetryPolicy(attempts=retries), progress=None if quiet else click.echo)
+            except KeyboardInterrupt:
+                click.echo("\ninterrupted: complete files are kept; run the same command again to resume.", err=True)
+                sys.exit(130)
+    except Crop2SegError as e:
+        raise fail(e) from e
+    click.echo(summary.format())

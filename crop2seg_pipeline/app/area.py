@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..cube import cube_grid
 from ..errors import EmptySelectionError
-from ..grid import Grid
+from ..grid import Grid, grid_of_items
 from ..items import normalize_items, read_items, require_single_crs, select_items
 
 __all__ = ["Tile", "Cell", "Area", "open_area", "default_cell_size", "cell_grid", "CROP2SEG_CELL_PX",
@@ -107,7 +106,7 @@ def open_area(source: str) -> Area:
         raise EmptySelectionError(f"{source} holds no STAC items (the collection is empty)")
     norm = normalize_items(raw, bands=AREA_BANDS)
     epsg = require_single_crs(norm, None)
-    grid = cube_grid(norm, epsg)
+    grid = grid_of_items(norm, epsg)
     by_tile: dict[str, list[tuple[float, float, float, float]]] = {}
     for it in norm:
         a = it["assets"]["B04"]
@@ -172,7 +171,7 @@ def check_area(area: Area, bbox: Sequence[float], start: str | None, end: str | 
     lies outside the items or no date falls in ``[start, end]``."""
     norm = normalize_items(read_items(area.source), bands=AREA_BANDS)
     sel = select_items(norm, bbox=bbox, bbox_crs=area.epsg, start=start, end=end)
-    return cube_grid(sel, area.epsg, bbox=bbox, bbox_crs=area.epsg)
+    return grid_of_items(sel, area.epsg, bbox=bbox, bbox_crs=area.epsg)
 
 
 def iso_date(v: Any) -> str | None:

@@ -27,6 +27,7 @@ from .nomenclature import CLASS_COLORS, CLASS_NAMES
 
 __all__ = [
     "TiledRaster",
+    "class_colors",
     "validate_cog",
     "read_category_names",
     "create_probability_store",
@@ -39,7 +40,7 @@ __all__ = [
 COG_BLOCKSIZE = 256
 
 
-def _class_colors(class_names: Sequence[str]) -> list[tuple[int, int, int]]:
+def class_colors(class_names: Sequence[str]) -> list[tuple[int, int, int]]:
     """The nomenclature's colours for its classes; a grey ramp for other class lists."""
     if tuple(class_names) == CLASS_NAMES[: len(class_names)]:
         return list(CLASS_COLORS[: len(class_names)])
@@ -81,7 +82,7 @@ class TiledRaster:
             **({"photometric": "PALETTE"} if self.kind == "classes" else {}),
         )
         if self.kind == "classes":  # before any pixel: libtiff cannot change the photometric later
-            self._ds.write_colormap(1, {k: (*c, 255) for k, c in enumerate(_class_colors(self.class_names))})
+            self._ds.write_colormap(1, {k: (*c, 255) for k, c in enumerate(class_colors(self.class_names))})
         return self
 
     def write(self, block: np.ndarray, row: int, col: int) -> None:
@@ -352,7 +353,7 @@ def write_quicklook(
     with rasterio.open(classes_tif) as ds:
         f = max(1, int(np.ceil(max(ds.width, ds.height) / max_side)))
         img = ds.read(1, out_shape=(max(1, ds.height // f), max(1, ds.width // f)), resampling=Resampling.nearest)
-    colors = np.asarray(_class_colors(class_names), dtype=float) / 255.0
+    colors = np.asarray(class_colors(class_names), dtype=float) / 255.0
     K = len(class_names)
     cmap = ListedColormap(colors)
     norm = BoundaryNorm(np.arange(-0.5, K + 0.5), K)

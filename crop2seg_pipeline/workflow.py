@@ -33,7 +33,7 @@ from .errors import Crop2SegError
 #: Keys shared by the commands, at the top level of a workflow.
 TOP_LEVEL = {"name", "description", "cluster", "items", "parcels", "mapping", "id_column", "crop_column",
              "layer", "bbox", "bbox_crs", "start", "end", "workdir", "demo_size",
-             "build", "train", "evaluate", "predict", "demo_scene"}
+             "build", "train", "evaluate", "predict", "demo_scene", "report"}
 #: Which top-level keys each command takes, and where its own section is.
 COMMANDS: dict[str, dict[str, Any]] = {
     "build-dataset": {"section": "build", "shared": ["cluster", "items", "parcels", "mapping", "id_column",
@@ -46,6 +46,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
     "evaluate": {"section": "evaluate", "shared": []},
     "demo-scene": {"section": "demo_scene", "shared": []},
     "cluster": {"section": None, "shared": [], "rename": {"cluster": "spec"}},
+    "report": {"section": "report", "shared": ["cluster"]},
 }
 
 

@@ -42,7 +42,7 @@ MIN_CLEAR = 0.9
 def store(demo_scene, tmp_path_factory):
     out = tmp_path_factory.mktemp("report-store") / "patches.zarr"
     build_dataset(demo_scene.items, demo_scene.parcels, out, mapping=demo_scene.mapping, patch_size=64,
-                  chunk_patches=2, min_crop_cover=0.3, split_block=2, seed=3, progress=lambda m: None)
+                  min_crop_cover=0.3, split_block=2, seed=3, progress=lambda m: None)
     return out
 
 

@@ -109,12 +109,11 @@ def temporal_profiles(feature: str, class_names: Sequence[str], colors: Sequence
 
     ``moments`` is (class, date, 3) count / sum / sum of squares.
     """
-    import matplotlib.dates as mdates
-
     n, mean, std = moments_to_mean_std(moments)
     present = [k for k in range(len(class_names)) if n[k].sum() > 0]
     rgb = _rgb(colors)
-    t = dates.astype("datetime64[D]").astype("datetime64[ms]").astype(object)
+    t = dates.astype("datetime64[D]").astype(np.int64).astype(float)  # days since 1970
+    ticks, tick_labels = _month_ticks(dates)
     ncols = max(1, min(ncols, len(present)))
     nrows = max(1, math.ceil(len(present) / ncols))
     fig = _figure(3.2 * ncols + 0.6, 2.5 * nrows + 0.9)
@@ -125,13 +124,12 @@ def temporal_profiles(feature: str, class_names: Sequence[str], colors: Sequence
         c = rgb[k]
         ax.fill_between(t, mean[k] - 2 * std[k], mean[k] + 2 * std[k], color=c, alpha=0.35, linewidth=0.8,
                         edgecolor="0.35")
+        ax.errorbar(t, mean[k], yerr=2 * std[k], fmt="none", ecolor="0.35", elinewidth=0.8, capsize=2)
         ax.plot(t, mean[k], "-o", color=c, markersize=3.5, linewidth=1.8, path_effects=_outline(),
                 markeredgecolor="0.15", markeredgewidth=0.6)
         ax.set_title(f"{class_names[k]}  (n = {int(n[k].sum()):,} px-dates)", fontsize=9)
         ax.grid(alpha=0.3)
-        loc = mdates.AutoDateLocator(minticks=3, maxticks=6)
-        ax.xaxis.set_major_locator(loc)
-        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
+        ax.set_xticks(ticks, tick_labels)  # fixed ticks: date locators re-run at every draw (slow)
         ax.tick_params(labelsize=8)
     for ax in axes[len(present):]:
         ax.set_visible(False)
@@ -146,6 +144,23 @@ def temporal_profiles(feature: str, class_names: Sequence[str], colors: Sequence
                  f"fraction \u2265 {100 * min_clear:.0f} %", fontsize=11)
     fig.tight_layout()
     return png_bytes(fig)
+
+
+def _month_ticks(dates: np.ndarray, max_ticks: int = 5) -> tuple[list[float], list[str]]:
+    """Month-start ticks over the span of ``dates`` (days since 1970), every 1, 2, 3, 4, 6 or 12 months."""
+    d = np.asarray(dates).astype("datetime64[D]")
+    if d.size == 0:
+        return [], []
+    first, last = d.min().astype("datetime64[M]"), (d.max().astype("datetime64[M]") + 1)
+    months = np.arange(first, last + 1)
+    step = next((k for k in (1, 2, 3, 4, 6, 12) if len(months[::k]) <= max_ticks), 12)
+    picked = [m for m in months if (m.astype(int) % 12) % step == 0] or list(months[::step])
+    lo, hi = d.min(), d.max()
+    picked = [m for m in picked if lo - 20 <= m.astype("datetime64[D]") <= hi + 20] or [first]
+    pos = [float(m.astype("datetime64[D]").astype(np.int64)) for m in picked]
+    labels = [(m.astype(object).strftime("%b\n%Y") if (m.astype(int) % 12 == 0 or k == 0)
+               else m.astype(object).strftime("%b")) for k, m in enumerate(picked)]
+    return pos, labels
 
 
 def clear_sky_share(dates: np.ndarray, clear_mean: np.ndarray, with_date: np.ndarray, usable: np.ndarray,

@@ -71,6 +71,7 @@ from .kernels.windows import (
     plan_axis,
 )
 from .malloc import tune_malloc_for_torch
+from .predict_outputs import PredictExtras
 from .nomenclature import BANDS, CLASS_NAMES, DEFAULT_UNCLEAR_SCL, NOT_CLASSIFIED
 
 log = logging.getLogger(__name__)
@@ -719,7 +720,7 @@ class PredictSummary:
 
 def _finish_chunk(
     probs: np.ndarray, parcel_id: np.ndarray | None, *, n_classes: int, y0: int, x0: int,
-    prob_store: str | None, device_of: str,
+    prob_store: str | None, device_of: str, extras: Any = None,
 ) -> dict:
     """Dask task: class/confidence of a chunk, its class and per-parcel histograms, probability write."""
     cls = classes_of(probs)
@@ -741,6 +742,10 @@ def _finish_chunk(
         from .outputs import write_probability_block
 
         write_probability_block(prob_store, probs, y0, x0)
+    if extras is not None:  # probability bytes, polygons, parcel probability sums (predict_outputs)
+        from .predict_outputs import chunk_extras
+
+        out.update(chunk_extras(probs, cls, parcel_id, extras, y0, x0))
     return out
 
 
@@ -774,6 +779,12 @@ def _select_dates(cube: xr.Dataset, spec: ModelSpec, client: Any, say: Callable[
     if dropped:
         say(f"dropping {len(dropped)} dates without clear sky over the area: {', '.join(dropped)}")
     return cube.isel(time=np.flatnonzero(keep)), dropped
+
+
+def _share(flags: Any) -> float | None:
+    """Share of True among the non-null flags (None when all are null)."""
+    f = flags.dropna()
+    return float(f.astype(bool).mean()) if len(f) else None
 
 
 def _run_chunks(tasks: list, client: Any, on_result: Callable[[dict], None], say: Callable[[str], None]) -> None:
@@ -817,6 +828,8 @@ def predict(
     device: str = "auto",
     chunksize: int = 512,
     probabilities: bool = False,
+    polygons: bool = False,
+    min_polygon_area: float = 5000.0,
     client: Any = None,
     progress: Callable[[str], None] | None = None,
 ) -> PredictSummary:
@@ -830,8 +843,8 @@ def predict(
         Weights folder (``weights.pt`` + ``model.json``).
     out_dir
         Output folder (created): ``classes.tif``, ``confidence.tif``, ``quicklook.png``,
-        ``summary.json``; ``parcels.gpkg`` with ``parcels``; ``probabilities.zarr`` with
-        ``probabilities``.
+        ``summary.json``; ``parcels.gpkg`` with ``parcels``; ``probabilities.zarr`` and
+        ``probabilities.tif`` with ``probabilities``; ``polygons.gpkg`` with ``polygons``.
     parcels, mapping, id_column, crop_column, layer
         Optional LPIS parcels and how to read them (see :func:`~crop2seg_pipeline.labels.read_parcels`).
     bbox, bbox_crs, start, end
@@ -841,7 +854,11 @@ def predict(
     chunksize
         Spatial chunk (px) of the cube: the unit of work and of worker memory.
     probabilities
-        Also write per-class probabilities to ``probabilities.zarr``.
+        Also write per-class probabilities to ``probabilities.zarr`` (float32) and
+        ``probabilities.tif`` (uint8 COG, probability x 255, bands sum to 255).
+    polygons, min_polygon_area
+        Also write the class map's polygons (Background dropped, area > ``min_polygon_area`` m2)
+        to ``polygons.gpkg`` (see :mod:`crop2seg_pipeline.predict_outputs`).
     client
         A ``distributed.Client``; None runs on the current default Dask scheduler.
     progress
@@ -861,6 +878,8 @@ def predict(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise Crop2SegError(f"--out {out} exists and is not a folder")
+    if not min_polygon_area >= 0:
+        raise Crop2SegError(f"--min-polygon-area must be >= 0 m2, got {min_polygon_area}")
 
     # 1. model and inputs, all checked before anything is computed or written
     spec = read_model_spec(weights_dir)
@@ -892,6 +911,8 @@ def predict(
     if probabilities:
         prob_store = str(out / "probabilities.zarr")
         create_probability_store(prob_store, grid, spec.class_names, (ychunks, xchunks), cube)
+    extras = PredictExtras(out, grid, spec.class_names, probabilities=probabilities, polygons=polygons,
+                           parcels=gdf is not None, min_polygon_area=min_polygon_area)
     yb, xb = _bounds(ychunks), _bounds(xchunks)
     blocks = probs.to_delayed()
     tasks = []
@@ -900,6 +921,7 @@ def predict(
             tasks.append(dask.delayed(_finish_chunk, pure=True)(
                 blocks[0, i, j], None if pid_blocks is None else pid_blocks[i, j],
                 n_classes=spec.n_classes, y0=yb[i], x0=xb[j], prob_store=prob_store, device_of=device,
+                extras=extras.options if extras.active else None,
                 dask_key_name=f"finish-{probs.name}-{i}-{j}",
             ))
 
@@ -909,7 +931,7 @@ def predict(
     pc: list[tuple] = []
     devices: set[str] = set()
     with TiledRaster(out / "classes.tif", grid, kind="classes", class_names=spec.class_names) as cls_out, \
-            TiledRaster(out / "confidence.tif", grid, kind="confidence") as conf_out:
+            TiledRaster(out / "confidence.tif", grid, kind="confidence") as conf_out, extras:
 
         def on_result(r: dict) -> None:
             cls_out.write(r["class"], r["y0"], r["x0"])
@@ -919,19 +941,24 @@ def predict(
             if "parcel_hist" in r:
                 ph.append(r["parcel_hist"])
                 pc.append(r["parcel_conf"])
+            extras.on_result(r)
 
         _run_chunks(tasks, client, on_result, say)
+    extras.finish_polygons(lambda ts, cb: _run_chunks(ts, client, cb, say), say)
+    files_extra = extras.files
     files = {"classes": str(out / "classes.tif"), "confidence": str(out / "confidence.tif")}
     if prob_store:
         finalize_probability_store(prob_store)
         files["probabilities"] = prob_store
+    files.update(files_extra)
 
     # 4. parcels, quicklook, summary
     res2_ha = grid.resolution**2 / 1e4
     area = {name: round(float(n) * res2_ha, 4) for name, n in zip(spec.class_names, hist)}
     parcel_summary = None
     if gdf is not None:
-        table = parcel_table(gdf, ph, pc, spec.class_names, ignore_index=spec.ignore_index)
+        table = extras.parcel_columns(parcel_table(gdf, ph, pc, spec.class_names, ignore_index=spec.ignore_index),
+                                      ph, spec.ignore_index)
         target = out / "parcels.gpkg"
         if target.exists():
             target.unlink()
@@ -943,6 +970,8 @@ def predict(
             "n_with_pixels": int((table["n_pixels"] > 0).sum()),
             "n_compared": int(len(compared)),
             "agreement_share": float(compared.astype(bool).mean()) if len(compared) else None,
+            "homogenized_agreement_share": _share(table["homogenized_agreement"]),
+            "soft_agreement_share": _share(table["soft_agreement"]),
         }
     files["quicklook"] = str(out / "quicklook.png")
     write_quicklook(out / "classes.tif", out / "quicklook.png", spec.class_names, hist,
@@ -957,6 +986,7 @@ def predict(
         dashboard=getattr(client, "dashboard_link", None),
         settings={"weights": spec.weights_dir, "overlap": overlap, "batch_size": batch_size, "device": device,
                   "chunksize": chunksize, "patch_size": spec.patch_size, "bbox": list(bbox) if bbox else None,
+                  "probabilities": probabilities, "polygons": polygons, "min_polygon_area": min_polygon_area,
                   "start": None if start is None else str(start), "end": None if end is None else str(end)},
     )
     files["summary"] = str(out / "summary.json")

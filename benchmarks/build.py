@@ -114,7 +114,7 @@ def main() -> None:
             with MemorySampler(client) as mem_pipe:
                 t0 = now()
                 summary = build_dataset(scene.items, scene.parcels, out_pipe, mapping=scene.mapping, client=client,
-                                        patch_size=args.patch_size, chunk_patches=args.chunk_patches, min_crop_cover=0.0)
+                                        patch_size=args.patch_size, chunksize=args.chunk_patches * args.patch_size, min_crop_cover=0.0)
                 t_pipe = now() - t0
             row = {
                 "size": size, "dates": args.dates, "patches": summary.n_patches,

@@ -22,7 +22,9 @@ import rasterio
 from crop2seg_pipeline.demo import make_demo_scene
 from crop2seg_pipeline.grid import Grid
 from crop2seg_pipeline.kernels.metrics import confusion_matrix, metrics_from_confusion
-from crop2seg_pipeline.labels import CropMapping, rasterize_labels, read_parcels
+from crop2seg_pipeline.graph.labels import rasterize_labels
+from crop2seg_pipeline.mapping import CropMapping
+from crop2seg_pipeline.parcels import read_parcels
 from crop2seg_pipeline.nomenclature import CLASS_NAMES, NOT_CLASSIFIED
 from crop2seg_pipeline.predict import default_demo_weights, predict
 

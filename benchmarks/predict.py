@@ -43,7 +43,7 @@ import torch
 from crop2seg_pipeline.cluster import worker_environment
 from crop2seg_pipeline.cube import load_cube
 from crop2seg_pipeline.demo import make_demo_scene
-from crop2seg_pipeline.kernels.windows import plan_axis, windows_touching
+from crop2seg_pipeline.kernels.windows import owned_windows, plan_axis
 from crop2seg_pipeline.malloc import tune_malloc_for_torch
 from crop2seg_pipeline.models import build_model, load_model, save_weights
 from crop2seg_pipeline.nomenclature import BANDS, CLASS_NAMES
@@ -67,12 +67,7 @@ def _windows(size: int, chunk: int, P: int, stride: int) -> tuple[int, int]:
     bounds = list(range(0, size, chunk)) + [size]
     if len(bounds) > 2 and bounds[-1] - bounds[-2] < P:  # merged as predict does
         bounds.pop(-2)
-    try:  # one owner per window (this version of predict)
-        from crop2seg_pipeline.kernels.windows import owned_windows
-
-        per_axis = sum(len(owned_windows(o, P, bounds, k)) for k in range(len(bounds) - 1))
-    except ImportError:  # earlier versions: every chunk ran all windows touching its core
-        per_axis = sum(len(windows_touching(o, P, a, b)) for a, b in zip(bounds[:-1], bounds[1:]))
+    per_axis = sum(len(owned_windows(o, P, bounds, k)) for k in range(len(bounds) - 1))  # one owner per window
     return len(o) ** 2, per_axis**2
 
 

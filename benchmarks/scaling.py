@@ -44,12 +44,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import now, print_table, write_json  # noqa: E402
 
 import crop2seg_pipeline.build as build_mod  # noqa: E402
-from crop2seg_pipeline.build import _pass1_block, _pass2_block, build_dataset  # noqa: E402
-from crop2seg_pipeline.cube import load_cube  # noqa: E402
+from crop2seg_pipeline.blocks import cube_source  # noqa: E402
+from crop2seg_pipeline.build import build_dataset  # noqa: E402
+from crop2seg_pipeline.graph.build import chunk_windows, pass1_tasks, pass2_chunk, shared  # noqa: E402
 from crop2seg_pipeline.demo import make_demo_scene  # noqa: E402
-from crop2seg_pipeline.grid import Grid  # noqa: E402
+from crop2seg_pipeline.grid import grid_of_items  # noqa: E402
 from crop2seg_pipeline.items import normalize_items  # noqa: E402
-from crop2seg_pipeline.labels import CropMapping, read_parcels, rasterize_labels  # noqa: E402
+from crop2seg_pipeline.graph.labels import rasterize_labels  # noqa: E402
+from crop2seg_pipeline.mapping import CropMapping  # noqa: E402
+from crop2seg_pipeline.parcels import read_parcels  # noqa: E402
 from crop2seg_pipeline.nomenclature import DEFAULT_UNCLEAR_SCL  # noqa: E402
 
 FIXTURE = Path("/work/shared/fixtures/stac/earth-search-v0_S2A_28QCH_20200714_0_L2A.json")
@@ -63,47 +66,42 @@ def graph_stats(tasks: list) -> dict:
     return {"keys": len(dsk), "pickled_bytes": nbytes, "pickle_s": now() - t0}
 
 
-def plan(items, gdf: gpd.GeoDataFrame, patch: int, chunk_patches: int, check_files: bool) -> dict:
-    """Plan one tile as build_dataset does, computing nothing: cube, labels, pass-1 and pass-2 tasks.
+def plan(items, gdf: gpd.GeoDataFrame, patch: int, chunksize: int, check_files: bool) -> dict:
+    """Plan one tile as build_dataset does, computing nothing: grid, labels, pass-1 and pass-2 tasks.
 
     Every patch is assumed kept (the largest pass-2 graph); pass 2 gets one task per chunk with the
     same arguments build_dataset gives it.
     """
-    chunk = chunk_patches * patch
+    cp = chunksize // patch
     t0 = now()
     items = normalize_items(items, check_files=check_files)
-    cube = load_cube(items, chunksize=chunk, check_files=check_files)
-    grid = Grid.from_coords(cube["x"].values, cube["y"].values, cube.attrs["epsg"])
+    grid = grid_of_items(items, items[0]["properties"]["proj:epsg"])
+    src = cube_source(items, grid)
     t_cube = now()
-    labels = rasterize_labels(gdf, grid, chunks=chunk)
+    labels = rasterize_labels(gdf, grid, chunks=chunksize)
     t_labels = now()
-    lab, scl = labels["label"].data.to_delayed(), cube["scl"].data.to_delayed()
-    pass1 = [dask.delayed(_pass1_block)(lab_blk, scl[0, by, bx], patch, DEFAULT_UNCLEAR_SCL)
-             for (by, bx), lab_blk in np.ndenumerate(lab)]
+    windows = chunk_windows(grid.height, grid.width, chunksize)
+    key = shared(src, "source")
+    pass1 = list(pass1_tasks(key, labels["label"].data, windows, patch_size=patch, unclear=DEFAULT_UNCLEAR_SCL).values())
     t_pass1 = now()
-    pid = labels["parcel_id"].data.to_delayed()
-    items_key = dask.delayed(list(items), traverse=False)
-    time_index = list(range(cube.sizes["time"]))
+    lab, pid = labels["label"].data.to_delayed(), labels["parcel_id"].data.to_delayed()
+    dates = list(range(src.n_dates))
     n_rows, n_cols = grid.height // patch, grid.width // patch
     pass2, k = [], 0
-    for by in range(lab.shape[0]):
-        for bx in range(lab.shape[1]):
-            rows = [i for i in range(chunk_patches) if by * chunk_patches + i < n_rows]
-            cols = [j for j in range(chunk_patches) if bx * chunk_patches + j < n_cols]
-            cells = [(i, j) for i in rows for j in cols]
-            if not cells:
-                continue
-            window = grid.window(by * chunk, bx * chunk, min(chunk, grid.height - by * chunk), min(chunk, grid.width - bx * chunk))
-            pass2.append(dask.delayed(_pass2_block)(
-                items_key, window, time_index, lab[by, bx], pid[by, bx], store="plan.zarr", key=f"T_{by}_{bx}",
-                index=list(range(k, k + len(cells))), rows=[c[0] for c in cells], cols=[c[1] for c in cells],
-                train=[True] * len(cells), patch_size=patch, unclear=DEFAULT_UNCLEAR_SCL, resampling_20m="nearest",
-                dask_key_name=f"write-T_{by}_{bx}",
-            ))
-            k += len(cells)
+    for (by, bx), w in windows.items():
+        cells = [(i, j) for i in range(cp) if by * cp + i < n_rows for j in range(cp) if bx * cp + j < n_cols]
+        if not cells:
+            continue
+        pass2.append(dask.delayed(pass2_chunk)(
+            key, w, dates, lab[by, bx], pid[by, bx], store="plan.zarr", key=f"T_{by}_{bx}",
+            index=list(range(k, k + len(cells))), rows=[c[0] for c in cells], cols=[c[1] for c in cells],
+            train=[True] * len(cells), patch_size=patch, unclear=DEFAULT_UNCLEAR_SCL,
+            dask_key_name=f"write-T_{by}_{bx}",
+        ))
+        k += len(cells)
     t_pass2 = now()
     return {
-        "grid": [grid.height, grid.width], "dates": cube.sizes["time"], "parcels": len(gdf), "patches": k,
+        "grid": [grid.height, grid.width], "dates": src.n_dates, "parcels": len(gdf), "patches": k,
         "cube_s": t_cube - t0, "labels_s": t_labels - t_cube, "pass1_tasks_s": t_pass1 - t_labels,
         "pass2_tasks_s": t_pass2 - t_pass1, "plan_s": t_pass2 - t0,
         "pass1_tasks": len(pass1), "pass2_tasks": len(pass2),
@@ -146,22 +144,22 @@ def noop_overhead(client: Client, n: int) -> float:
     return (now() - t0) / n
 
 
-def run_build(scene, n_workers: int, patch: int, chunk_patches: int, memory_limit: str) -> dict:
+def run_build(scene, n_workers: int, patch: int, chunksize: int, memory_limit: str) -> dict:
     out = Path(tempfile.mkdtemp(prefix="scaling-")) / "patches.zarr"
     rec: dict = {"workers": n_workers}
-    original = build_mod._run
+    original = build_mod.run_tasks
 
-    def spy(tasks, client, say, label, volume=None):
+    def spy(tasks, client, *, label, **kw):
         rec[f"{label}_tasks"] = len(tasks)
         if label == "pass 2":
             rec["pass2_graph"] = graph_stats(tasks)
         t0 = now()
         try:
-            return original(tasks, client, say, label, volume)
+            return original(tasks, client, label=label, **kw)
         finally:
             rec[f"{label}_s"] = now() - t0
 
-    build_mod._run = spy
+    build_mod.run_tasks = spy
     try:
         with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
                           dashboard_address=":0") as lc, Client(lc) as client:
@@ -169,7 +167,7 @@ def run_build(scene, n_workers: int, patch: int, chunk_patches: int, memory_limi
             with get_task_stream(client) as ts:
                 t0 = now()
                 summary = build_dataset(scene.items, scene.parcels, out, mapping=scene.mapping, client=client,
-                                        patch_size=patch, chunk_patches=chunk_patches, progress=lambda _: None)
+                                        patch_size=patch, chunksize=chunksize, progress=lambda _: None)
                 rec["wall_s"] = now() - t0
             writes = [t for t in ts.data if str(t["key"]).startswith("write-")]
             compute = [sum(s["stop"] - s["start"] for s in t["startstops"] if s["action"] == "compute") for t in writes]
@@ -180,7 +178,7 @@ def run_build(scene, n_workers: int, patch: int, chunk_patches: int, memory_limi
             rec["noop_same_n_s_per_task"] = noop_overhead(client, max(rec["pass 2_tasks"], 1))
             rec["noop_2000_s_per_task"] = noop_overhead(client, 2000)
     finally:
-        build_mod._run = original
+        build_mod.run_tasks = original
         shutil.rmtree(out.parent, ignore_errors=True)
     rec["patches"] = summary.n_patches
     return rec
@@ -191,7 +189,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--dates", type=int, default=24)
     ap.add_argument("--patch", type=int, default=128)
-    ap.add_argument("--chunk-patches", type=int, default=4)
+    ap.add_argument("--chunksize", type=int, default=512, help="work chunk side (px)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--memory-limit", default="4GB")
     ap.add_argument("--tile-dates", type=int, default=24)
@@ -202,12 +200,12 @@ def main() -> None:
 
     scene_dir = Path(a.scene_dir) / f"{a.size}px-{a.dates}d"
     scene = make_demo_scene(scene_dir, size=a.size, n_dates=a.dates, seed=0)
-    chunk = a.patch * a.chunk_patches
+    chunk = a.chunksize
 
     runs = []
     for n in a.workers:
         load_before = os.getloadavg()[0]
-        r = run_build(scene, n, a.patch, a.chunk_patches, a.memory_limit)
+        r = run_build(scene, n, a.patch, a.chunksize, a.memory_limit)
         r["loadavg_1min"] = [load_before, os.getloadavg()[0]]  # other load on the machine skews speed-ups
         runs.append(r)
         print(f"{n} worker(s): {r['wall_s']:.1f} s (1-min load average {load_before:.1f} -> "
@@ -228,13 +226,13 @@ def main() -> None:
                        ("noop_ms", "no-op ms / task", ".2f")])
 
     # planning on the demo itself, with the same code as the tile
-    cube = load_cube(scene.items, chunksize=chunk)
-    grid = Grid.from_coords(cube["x"].values, cube["y"].values, cube.attrs["epsg"])
+    norm = normalize_items(scene.items)
+    grid = grid_of_items(norm, norm[0]["properties"]["proj:epsg"])
     gdf, _ = read_parcels(scene.parcels, mapping=CropMapping.read(scene.mapping), target_crs=grid.epsg, bbox=grid.bounds)
-    demo_plan = plan(scene.items, gdf, a.patch, a.chunk_patches, check_files=True)
+    demo_plan = plan(scene.items, gdf, a.patch, a.chunksize, check_files=True)
 
     items, gdf = synthetic_tile(a.tile_dates, a.tile_parcels)
-    tile_plan = plan(items, gdf, a.patch, a.chunk_patches, check_files=False)
+    tile_plan = plan(items, gdf, a.patch, a.chunksize, check_files=False)
     per_task = runs[-1]["noop_2000_s_per_task"]
     task_s = runs[0]["pass2_task_compute_s_mean"] * a.tile_dates / a.dates  # one chunk scales with dates
     tile = {
@@ -258,7 +256,7 @@ def main() -> None:
           f"thread-minutes ({task_s:.1f} s per {chunk} px chunk at {a.tile_dates} dates)")
 
     write_json(a.out, {
-        "scene": {"size": a.size, "dates": a.dates, "patch": a.patch, "chunk_patches": a.chunk_patches},
+        "scene": {"size": a.size, "dates": a.dates, "patch": a.patch, "chunksize": a.chunksize},
         "machine": {"cpus": os.cpu_count()},
         "runs": runs, "demo_plan": demo_plan, "tile": tile,
     })

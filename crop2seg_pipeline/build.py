@@ -1,20 +1,22 @@
 """crop2seg-build-dataset: STAC items + LPIS parcels -> Zarr patch store, on a Dask cluster.
 
-Reads top to bottom:
+:func:`build_dataset` reads top to bottom:
 
-1. normalize and select items, group them by tile; check the output path;
-2. per tile: lazy cube (one chunk = all dates and bands of a spatial block), parcels read and
-   reprojected to the tile's CRS, labels rasterized lazily per chunk;
-3. pass 1 (cheap: labels + SCL only) on the cluster: per-patch class cover, clear-sky and
-   valid fractions -> patches to keep, split by spatial blocks, dates to drop;
-4. skeleton of the store (coordinates, dates, clear fractions, fingerprint of the inputs);
-5. pass 2 (heavy) on the cluster: each task reads one cube chunk, cuts its kept patches, writes
-   them as whole Zarr chunks, computes its share of the normalization statistics and drops a
-   resume marker; tasks that already have a marker are not scheduled again;
-6. statistics combined from the markers, footprint table, store marked complete.
+1. normalize and select items, group them by tile; per tile: the output grid, the block
+   reader's source, parcels read and reprojected to the tile's CRS and a lazy per-chunk label
+   raster; the output path checked;
+2. pass 1 (cheap: labels + SCL only) on the cluster: per-patch class cover, clear-sky and valid
+   fractions -> patches to keep, dates to drop, splits by spatial blocks;
+3. the store skeleton (coordinates, dates, clear fractions, fingerprint of the inputs);
+4. pass 2 (heavy) on the cluster: each task reads one chunk, cuts its kept patches, writes them
+   as whole Zarr chunks, computes its share of the normalization statistics and drops a resume
+   marker; chunks that already have a marker are not scheduled again;
+5. statistics combined from the markers, footprint table, store marked complete.
 
-Peak memory of a worker is bounded by one chunk (``chunk_patches * patch_size`` pixels square,
-all dates and bands), never by the tile size, the number of dates or the number of tiles.
+The task bodies are :mod:`crop2seg_pipeline.graph.build`; they read their windows with the
+block reader (:mod:`crop2seg_pipeline.blocks`). Peak memory of a worker is bounded by one chunk
+(``chunksize`` pixels square, all dates and bands), never by the tile size, the number of dates
+or the number of tiles.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -40,23 +41,18 @@ import pandas as pd
 import shapely.geometry
 
 from . import __version__
-from .cube import load_cube
+from .blocks import RESAMPLINGS, CubeSource, cube_source
 from .errors import Crop2SegError, StoreError
-from .grid import Grid
-from .items import normalize_items, select_items
-from .kernels.patches import Moments, assign_splits, cut_patches, patch_class_counts, patch_fraction
-from .kernels.s2 import clear_mask
-from .labels import CropMapping, read_parcels, rasterize_labels
+from .graph.build import chunk_windows, pass1_tasks, pass2_chunk, shared
+from .graph.labels import rasterize_labels
+from .graph.run import run_tasks
+from .grid import Grid, grid_of_items
+from .items import normalize_items, require_single_crs, select_items
+from .kernels.patches import Moments, assign_splits
+from .mapping import CropMapping
 from .nomenclature import BANDS, CLASS_NAMES, DEFAULT_UNCLEAR_SCL, N_CLASSES, NOT_CLASSIFIED
-from .store import (
-    create_skeleton,
-    finalize,
-    prepare_target,
-    read_attrs,
-    read_markers,
-    write_marker,
-    write_patches,
-)
+from .parcels import ParcelReport, read_parcels
+from .store import create_skeleton, finalize, prepare_target, read_attrs, read_markers
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +79,8 @@ class BuildConfig:
     split : train/val/test shares
     split_block : side (in patches) of the spatial blocks assigned to one split
     seed : seed of the split assignment
-    chunk_patches : side of a work chunk, in patches (chunk = chunk_patches * patch_size px)
+    chunksize : side of a work chunk in pixels, a multiple of ``patch_size`` (the unit of work and
+        of worker memory: one chunk with all its dates and bands)
     resampling_20m : how 20 m bands reach 10 m (see :func:`crop2seg_pipeline.cube.load_cube`)
     unclear_scl : SCL classes that are not clear sky
     """
@@ -106,7 +103,7 @@ class BuildConfig:
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_block: int = 2
     seed: int = 0
-    chunk_patches: int = 4
+    chunksize: int = 512
     resampling_20m: str = "nearest"
     unclear_scl: tuple[int, ...] = DEFAULT_UNCLEAR_SCL
 
@@ -117,8 +114,14 @@ class BuildConfig:
             raise Crop2SegError(f"--min-crop-cover is a fraction in [0, 1], got {self.min_crop_cover}")
         if len(self.split) != 3 or any(s < 0 for s in self.split) or sum(self.split) <= 0:
             raise Crop2SegError(f"--split takes three non-negative shares (train,val,test), got {self.split}")
-        if self.chunk_patches < 1 or self.split_block < 1:
-            raise Crop2SegError("chunk_patches and split_block must be >= 1")
+        if self.chunksize < self.patch_size or self.chunksize % self.patch_size:
+            raise Crop2SegError(
+                f"--chunksize must be a multiple of --patch-size ({self.patch_size}), got {self.chunksize}"
+            )
+        if self.split_block < 1:
+            raise Crop2SegError(f"--split-block must be >= 1, got {self.split_block}")
+        if self.resampling_20m not in RESAMPLINGS:
+            raise Crop2SegError(f"--resampling-20m must be one of {', '.join(RESAMPLINGS)}, got {self.resampling_20m!r}")
 
 
 @dataclass
@@ -166,62 +169,21 @@ class BuildSummary:
         return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- tasks (run on workers)
-
-
-def _pass1_block(label: np.ndarray, scl: np.ndarray, patch_size: int, unclear: tuple[int, ...]) -> dict:
-    """Per-patch class counts and per-date clear/valid fractions of one chunk (labels + SCL only)."""
-    clear = clear_mask(scl, unclear)
-    valid = scl != 0
-    return {
-        "counts": patch_class_counts(label, patch_size),
-        "clear": patch_fraction(clear, patch_size),
-        "valid": patch_fraction(valid, patch_size),
-        "clear_px": clear.sum(axis=(1, 2)),
-        "px": int(label.size),
-    }
-
-
-def _pass2_block(
-    items: list[dict],
-    window: Grid,
-    time_index: list[int],
-    label: np.ndarray,
-    parcel_id: np.ndarray,
-    *,
-    store: str,
-    key: str,
-    index: list[int],
-    rows: list[int],
-    cols: list[int],
-    train: list[bool],
-    patch_size: int,
-    unclear: tuple[int, ...],
-    resampling_20m: str,
-) -> dict:
-    """One chunk, start to end, in one task: read, cut the kept patches, write them, marker last.
-
-    The chunk's cube is built and read inside the task (synchronously), so a worker thread never
-    holds more than one chunk and the graph has one small task per chunk.
-    """
-    cube = load_cube(
-        items, grid=window, chunksize=(window.height, window.width), resampling_20m=resampling_20m,
-        check_files=False,
-    ).isel(time=time_index)
-    s2, scl = dask.compute(cube["s2"].data, cube["scl"].data, scheduler="sync")
-    s2p = cut_patches(s2, rows, cols, patch_size)
-    write_patches(store, index, s2p, cut_patches(label, rows, cols, patch_size), cut_patches(parcel_id, rows, cols, patch_size))
-    tr = np.asarray(train, dtype=bool)
-    moments = Moments.zeros(s2.shape[1])
-    if tr.any():
-        clear = cut_patches(clear_mask(scl, unclear), rows, cols, patch_size)
-        moments = Moments.of(s2p[tr], clear[tr])
-    info = {"index": index, "moments": moments.to_dict()}
-    write_marker(store, key, info)
-    return {"key": key, "n": len(index), "moments": info["moments"], "pixels": int(s2p.size)}
-
-
 # ----------------------------------------------------------------------------- driver
+
+
+@dataclass
+class _Tile:
+    """One tile of the build: its grid, reader source, parcels' labels, and (after pass 1) dates."""
+
+    tile: str
+    grid: Grid
+    source: CubeSource
+    labels: Any  # xr.Dataset of lazy label / parcel_id
+    report: ParcelReport
+    windows: dict[tuple[int, int], tuple[int, int, int, int]]
+    keep_t: np.ndarray | None = None
+    times: pd.DatetimeIndex | None = None
 
 
 def build_dataset(
@@ -260,178 +222,195 @@ def build_dataset(
         if items is None or parcels is None or out is None:
             raise Crop2SegError("build_dataset needs items, parcels and out (or config=)")
         config = BuildConfig(items=items, parcels=str(parcels), out=str(out), **options)
-    config.validate()
-    say = progress or log.info
     cfg = config
-    P = cfg.patch_size
-    chunk = cfg.chunk_patches * P
+    cfg.validate()
+    say = progress or log.info
 
     # 1. inputs, checked before anything is written
     mapping = CropMapping.read(cfg.mapping)
-    all_items = normalize_items(cfg.items)
-    sel = select_items(all_items, bbox=cfg.bbox, bbox_crs=cfg.bbox_crs, start=cfg.start, end=cfg.end, max_cloud=cfg.max_cloud)
-    by_tile: dict[str, list[dict]] = {}
-    for it in sel:
-        by_tile.setdefault(it["properties"]["crop2seg:tile"], []).append(it)
-    tiles = sorted(by_tile)
-
-    plans = []
-    parcel_reports = []
-    for tile in tiles:
-        cube = load_cube(
-            by_tile[tile], bbox=cfg.bbox, bbox_crs=cfg.bbox_crs, chunksize=chunk, resampling_20m=cfg.resampling_20m
-        )
-        grid = Grid.from_coords(cube["x"].values, cube["y"].values, cube.attrs["epsg"])
-        if grid.height < P or grid.width < P:
-            raise Crop2SegError(f"tile {tile}: the area is {grid.height} x {grid.width} px, smaller than one {P} px patch")
-        gdf, report = read_parcels(
-            cfg.parcels,
-            id_column=cfg.id_column,
-            crop_column=cfg.crop_column,
-            layer=cfg.layer,
-            mapping=mapping,
-            target_crs=grid.epsg,
-            bbox=grid.bounds,
-        )
-        parcel_reports.append(report)
-        labels = rasterize_labels(gdf, grid, chunks=chunk)
-        plans.append({"tile": tile, "cube": cube, "grid": grid, "labels": labels, "items": by_tile[tile]})
-
+    selected = select_items(normalize_items(cfg.items), bbox=cfg.bbox, bbox_crs=cfg.bbox_crs, start=cfg.start,
+                            end=cfg.end, max_cloud=cfg.max_cloud)
+    tiles = [_plan_tile(name, its, cfg, mapping) for name, its in _by_tile(selected)]
     state = prepare_target(cfg.out, overwrite)
-    fingerprint = _fingerprint(cfg, sel, mapping)
-    if state == "existing":
-        attrs = read_attrs(cfg.out)
-        if attrs.get("fingerprint") != fingerprint:
-            raise StoreError(
-                f"{cfg.out} holds a patch store built from other inputs or parameters; pass --overwrite "
-                "to rebuild it, or choose another --out"
-            )
+    fingerprint = _fingerprint(cfg, selected, mapping)
+    if state == "existing" and read_attrs(cfg.out).get("fingerprint") != fingerprint:
+        raise StoreError(
+            f"{cfg.out} holds a patch store built from other inputs or parameters; pass --overwrite "
+            "to rebuild it, or choose another --out"
+        )
 
-    # 2. pass 1: labels + SCL only
-    say(f"pass 1/2: class cover and clear sky of {sum(_n_blocks(p['grid'], chunk) for p in plans)} chunks")
-    tasks, where = [], []
-    for ti, plan in enumerate(plans):
-        lab = plan["labels"]["label"].data.to_delayed()
-        scl = plan["cube"]["scl"].data.to_delayed()
-        for (by, bx), lab_blk in np.ndenumerate(lab):
-            tasks.append(dask.delayed(_pass1_block)(lab_blk, scl[0, by, bx], P, tuple(cfg.unclear_scl)))
-            where.append((ti, by, bx))
-    results = _run(tasks, client, say, "pass 1")
+    # 2. pass 1: labels + SCL only -> patches kept, dates kept, splits
+    unclear = tuple(cfg.unclear_scl)
+    tasks = {(k, key): task for k, t in enumerate(tiles)
+             for key, task in pass1_tasks(shared(t.source, f"source-{t.tile}"), t.labels["label"].data, t.windows,
+                                          patch_size=cfg.patch_size, unclear=unclear).items()}
+    say(f"pass 1/2: class cover and clear sky of {len(tasks)} chunks (SCL and labels only)")
+    pass1 = dict(zip(tasks, run_tasks(list(tasks.values()), client, label="pass 1", say=say)))
+    patches, clear_of, skipped, dates_dropped = _select_patches(tiles, pass1, cfg)
+    patches["split"] = _splits(patches, cfg)
 
-    patch_rows, dates_dropped, tile_dates = [], {}, {}
+    # 3. skeleton (or the check that an existing one is this build's)
+    n = len(patches)
+    if state == "new":
+        dates, clear = _dates_and_clear(tiles, patches, clear_of)
+        say(f"creating patch store {cfg.out} ({n} patches x {dates.shape[1]} dates)")
+        create_skeleton(cfg.out, patches, dates, clear, BANDS, cfg.patch_size, _store_attrs(cfg, selected, fingerprint))
+    else:
+        _check_same_patches(cfg.out, patches)
+
+    # 4. pass 2: the heavy part, resumable
+    tasks2, n_resumed = _pass2_tasks(tiles, patches, cfg, read_markers(cfg.out), fingerprint)
+    if n_resumed:
+        say(f"resuming: {n_resumed} patches already written, {len(tasks2)} chunks to go")
+    say(f"pass 2/2: writing {n - n_resumed} patches from {len(tasks2)} chunks")
+    run_tasks(tasks2, client, label="pass 2", say=say)
+
+    # 5. statistics from all markers (resumed ones included), footprints, completion
+    summary = _finish(cfg, tiles, patches, skipped, dates_dropped, n_resumed, client)
+    summary.seconds = time.perf_counter() - t_start
+    (Path(cfg.out) / "build.json").write_text(json.dumps(_jsonable(summary.to_dict()), indent=2))
+    return summary
+
+
+def _by_tile(items: Sequence[dict]) -> list[tuple[str, list[dict]]]:
+    by: dict[str, list[dict]] = {}
+    for it in items:
+        by.setdefault(it["properties"]["crop2seg:tile"], []).append(it)
+    return sorted(by.items())
+
+
+def _plan_tile(name: str, items: list[dict], cfg: BuildConfig, mapping: CropMapping) -> _Tile:
+    """A tile's grid, block-reader source, parcels and lazy labels (nothing is read but parcels)."""
+    grid = grid_of_items(items, require_single_crs(items, None), 10.0, cfg.bbox, cfg.bbox_crs)
+    P = cfg.patch_size
+    if grid.height < P or grid.width < P:
+        raise Crop2SegError(f"tile {name}: the area is {grid.height} x {grid.width} px, smaller than one {P} px patch")
+    gdf, report = read_parcels(
+        cfg.parcels, id_column=cfg.id_column, crop_column=cfg.crop_column, layer=cfg.layer, mapping=mapping,
+        target_crs=grid.epsg, bbox=grid.bounds,
+    )
+    return _Tile(
+        tile=name, grid=grid, source=cube_source(items, grid, BANDS, cfg.resampling_20m),
+        labels=rasterize_labels(gdf, grid, chunks=cfg.chunksize), report=report,
+        windows=chunk_windows(grid.height, grid.width, cfg.chunksize),
+    )
+
+
+def _select_patches(tiles: list[_Tile], pass1: dict, cfg: BuildConfig):
+    """From pass-1 results: the kept patches (a DataFrame in store order), their clear fractions
+    on the kept dates, what was skipped, and the dates dropped per tile (no clear sky)."""
+    P, cp = cfg.patch_size, cfg.chunksize // cfg.patch_size
+    rows_out, clear_of, dates_dropped = [], {}, {}
     skipped = {"low_crop_cover": 0, "no_data": 0}
-    clear_of: dict[tuple, np.ndarray] = {}
-    for ti, plan in enumerate(plans):
-        cube, grid, tile = plan["cube"], plan["grid"], plan["tile"]
-        res = {(by, bx): r for (t, by, bx), r in zip(where, results) if t == ti}
+    for k, t in enumerate(tiles):
+        res = {key: r for (tk, key), r in pass1.items() if tk == k}
         clear_px = sum(r["clear_px"] for r in res.values())
         px = sum(r["px"] for r in res.values())
         keep_t = clear_px / max(px, 1) > cfg.min_date_clear
-        times = pd.to_datetime(cube["time"].values)
-        dates_dropped[tile] = [str(t.date()) for t, k in zip(times, keep_t) if not k]
+        times = pd.to_datetime(list(t.source.times))
+        dates_dropped[t.tile] = [str(d.date()) for d, keep in zip(times, keep_t) if not keep]
         if not keep_t.any():
-            raise Crop2SegError(f"tile {tile}: no date has clear sky over the area (all {len(times)} dates cloudy)")
-        tile_dates[tile] = times[keep_t]
-        plan["keep_t"] = keep_t
-        for (by, bx), r in res.items():
-            nr, nc = r["counts"].shape[:2]
-            for i in range(nr):
-                for j in range(nc):
-                    counts = r["counts"][i, j]
-                    crop = counts[1:NOT_CLASSIFIED].sum() / counts.sum()
-                    row, col = by * cfg.chunk_patches + i, bx * cfg.chunk_patches + j
+            raise Crop2SegError(f"tile {t.tile}: no date has clear sky over the area (all {len(times)} dates cloudy)")
+        t.keep_t, t.times = keep_t, times
+        for (by, bx), r in sorted(res.items()):
+            counts = r["counts"]
+            for i in range(counts.shape[0]):
+                for j in range(counts.shape[1]):
+                    c = counts[i, j]
+                    crop = c[1:NOT_CLASSIFIED].sum() / c.sum()
+                    row, col = by * cp + i, bx * cp + j
                     if not r["valid"][keep_t, i, j].any():
                         skipped["no_data"] += 1
                         continue
                     if crop < cfg.min_crop_cover:
                         skipped["low_crop_cover"] += 1
                         continue
-                    clear_of[(tile, row, col)] = r["clear"][keep_t, i, j]
-                    patch_rows.append({
-                        "tile": tile, "row": row, "col": col, "by": by, "bx": bx, "li": i, "lj": j,
-                        "epsg": grid.epsg, "x0": grid.x0 + col * P * grid.resolution,
-                        "y0": grid.y0 - row * P * grid.resolution, "crop_cover": float(crop),
-                        **{f"px_{c}": int(counts[c]) for c in range(N_CLASSES)},
+                    clear_of[(t.tile, row, col)] = r["clear"][keep_t, i, j]
+                    rows_out.append({
+                        "tile": t.tile, "row": row, "col": col, "by": by, "bx": bx, "li": i, "lj": j,
+                        "epsg": t.grid.epsg, "x0": t.grid.x0 + col * P * t.grid.resolution,
+                        "y0": t.grid.y0 - row * P * t.grid.resolution, "crop_cover": float(crop),
+                        **{f"px_{c_}": int(c[c_]) for c_ in range(N_CLASSES)},
                     })
-    if not patch_rows:
+    if not rows_out:
         raise Crop2SegError(
             f"no patch has at least {cfg.min_crop_cover:.0%} crop cover and valid data "
             f"({skipped['low_crop_cover']} below the cover, {skipped['no_data']} without data); "
             "check that the parcels overlap the scene or lower --min-crop-cover"
         )
-    patches = pd.DataFrame(patch_rows).sort_values(["tile", "by", "bx", "row", "col"], kind="stable").reset_index(drop=True)
-    patches["split"] = _splits(patches, cfg)
+    patches = pd.DataFrame(rows_out).sort_values(["tile", "by", "bx", "row", "col"], kind="stable")
+    return patches.reset_index(drop=True), clear_of, skipped, dates_dropped
 
-    # 3. skeleton
-    t_max = max(len(d) for d in tile_dates.values())
-    n = len(patches)
-    dates = np.full((n, t_max), np.datetime64("NaT"), dtype="datetime64[ns]")
-    clear = np.full((n, t_max), np.nan, dtype=np.float32)
+
+def _dates_and_clear(tiles: list[_Tile], patches: pd.DataFrame, clear_of: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(patch, time) dates and clear fractions, each tile's kept dates padded with NaT / NaN."""
+    kept = {t.tile: t.times[t.keep_t].values for t in tiles}
+    t_max = max(len(d) for d in kept.values())
+    dates = np.full((len(patches), t_max), np.datetime64("NaT"), dtype="datetime64[ns]")
+    clear = np.full((len(patches), t_max), np.nan, dtype=np.float32)
     for k, r in enumerate(patches.itertuples()):
-        d = tile_dates[r.tile].values
+        d = kept[r.tile]
         dates[k, : len(d)] = d
         clear[k, : len(d)] = clear_of[(r.tile, r.row, r.col)]
-    if state == "new":
-        attrs = {
-            "fingerprint": fingerprint,
-            "class_names": list(CLASS_NAMES),
-            "bands": list(BANDS),
-            "patch_size": P,
-            "resolution": 10.0,
-            "software": f"crop2seg-pipeline {__version__}",
-            "build_parameters": _jsonable(
-                {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"} | {"items": _describe_items(cfg.items)}
-            ),
-            "source_items": [it["id"] for it in sel],
-            "pixel_convention": "x0, y0: upper-left corner of the patch; pixel (i, j) covers x0+j*res .. x0+(j+1)*res",
-        }
-        say(f"creating patch store {cfg.out} ({n} patches x {t_max} dates)")
-        create_skeleton(cfg.out, patches, dates, clear, BANDS, P, attrs)
-    else:
-        _check_same_patches(cfg.out, patches)
+    return dates, clear
 
-    # 4. pass 2: the heavy part, resumable
-    done = read_markers(cfg.out)
+
+def _store_attrs(cfg: BuildConfig, selected: Sequence[dict], fingerprint: str) -> dict:
+    return {
+        "fingerprint": fingerprint,
+        "class_names": list(CLASS_NAMES),
+        "bands": list(BANDS),
+        "patch_size": cfg.patch_size,
+        "resolution": 10.0,
+        "software": f"crop2seg-pipeline {__version__}",
+        "build_parameters": _jsonable(
+            {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"} | {"items": _describe_items(cfg.items)}
+        ),
+        "source_items": [it["id"] for it in selected],
+        "pixel_convention": "x0, y0: upper-left corner of the patch; pixel (i, j) covers x0+j*res .. x0+(j+1)*res",
+    }
+
+
+def _pass2_tasks(tiles: list[_Tile], patches: pd.DataFrame, cfg: BuildConfig, done: dict,
+                 fingerprint: str) -> tuple[list, int]:
+    """One :func:`~crop2seg_pipeline.graph.build.pass2_chunk` task per chunk holding kept patches
+    and no resume marker; returns the tasks and the number of patches already written."""
     tasks, n_resumed = [], 0
-    for ti, plan in enumerate(plans):
-        tile = plan["tile"]
-        grid = plan["grid"]
-        items_key = dask.delayed(plan["items"], traverse=False)  # one shared key, not a copy per task
-        time_index = np.flatnonzero(plan["keep_t"]).tolist()
-        lab = plan["labels"]["label"].data.to_delayed()
-        pid = plan["labels"]["parcel_id"].data.to_delayed()
-        sub = patches[patches["tile"] == tile]
-        for (by, bx), grp in sub.groupby(["by", "bx"], sort=True):
-            key = f"{tile}_{by}_{bx}"
-            if key in done and done[key].get("index") == grp.index.tolist():
+    for t in tiles:
+        src = shared(t.source, f"source-{t.tile}")
+        dates = np.flatnonzero(t.keep_t).tolist()
+        lab = t.labels["label"].data.to_delayed()
+        pid = t.labels["parcel_id"].data.to_delayed()
+        for (by, bx), grp in patches[patches["tile"] == t.tile].groupby(["by", "bx"], sort=True):
+            key = f"{t.tile}_{by}_{bx}"
+            index = grp.index.tolist()
+            if key in done and done[key].get("index") == index:
                 n_resumed += len(grp)
                 continue
-            window = grid.window(by * chunk, bx * chunk, min(chunk, grid.height - by * chunk), min(chunk, grid.width - bx * chunk))
-            tasks.append(dask.delayed(_pass2_block)(
-                items_key, window, time_index, lab[by, bx], pid[by, bx],
-                store=str(cfg.out), key=key, index=grp.index.tolist(), rows=grp["li"].tolist(),
-                cols=grp["lj"].tolist(), train=(grp["split"] == "train").tolist(), patch_size=P,
-                unclear=tuple(cfg.unclear_scl), resampling_20m=cfg.resampling_20m,
+            tasks.append(dask.delayed(pass2_chunk)(
+                src, t.windows[(by, bx)], dates, lab[by, bx], pid[by, bx],
+                store=str(cfg.out), key=key, index=index, rows=grp["li"].tolist(), cols=grp["lj"].tolist(),
+                train=(grp["split"] == "train").tolist(), patch_size=cfg.patch_size, unclear=tuple(cfg.unclear_scl),
                 dask_key_name=f"write-{key}-{fingerprint[:8]}",
             ))
-    if n_resumed:
-        say(f"resuming: {n_resumed} patches already written, {len(tasks)} chunks to go")
-    say(f"pass 2/2: writing {n - n_resumed} patches from {len(tasks)} chunks")
-    _run(tasks, client, say, "pass 2", volume=lambda r: r["pixels"])
+    return tasks, n_resumed
 
-    # 5. statistics from all markers (resumed ones included), footprints, completion
-    markers = read_markers(cfg.out)
+
+def _finish(cfg: BuildConfig, tiles: list[_Tile], patches: pd.DataFrame, skipped: dict, dates_dropped: dict,
+            n_resumed: int, client: Any) -> BuildSummary:
+    """Pooled statistics from every marker, class counts, the footprint table; store marked complete."""
     moments = Moments.zeros(len(BANDS))
-    for m in markers.values():
+    for m in read_markers(cfg.out).values():
         moments = moments + Moments.from_dict(m["moments"])
     class_pixels = {
         s: [int(patches.loc[patches["split"] == s, f"px_{c}"].sum()) for c in range(N_CLASSES)] for s in SPLITS
     }
     norm = {"mean": moments.mean.tolist(), "std": moments.std.tolist(), "count": moments.count.tolist()}
     unmapped: dict[str, int] = {}
-    for rep in parcel_reports:
-        for k, v in rep.unmapped_codes.items():
+    for t in tiles:
+        for k, v in t.report.unmapped_codes.items():
             unmapped[k] = unmapped.get(k, 0) + v
+    n = len(patches)
     summary = BuildSummary(
         store=str(cfg.out),
         n_patches=n,
@@ -442,71 +421,25 @@ def build_dataset(
         dates_dropped=dates_dropped,
         class_pixels={CLASS_NAMES[c]: sum(class_pixels[s][c] for s in SPLITS) for c in range(N_CLASSES)},
         unmapped_codes=unmapped,
-        parcels=_merge_reports(parcel_reports),
-        tiles=tiles,
-        n_dates={t: int(len(d)) for t, d in tile_dates.items()},
+        parcels=_merge_reports([t.report for t in tiles]),
+        tiles=[t.tile for t in tiles],
+        n_dates={t.tile: int(t.keep_t.sum()) for t in tiles},
         seconds=0.0,
         dashboard=getattr(client, "dashboard_link", None),
         normalization={"mean": norm["mean"], "std": norm["std"]},
     )
-    _write_footprints(cfg.out, patches, plans)
-    finalize(
-        cfg.out,
-        {
-            "normalization": {"train": norm},
-            "class_pixel_counts": class_pixels,
-            "splits": summary.splits,
-            "unmapped_codes": unmapped,
-            "dates_dropped": dates_dropped,
-        },
-    )
-    summary.seconds = time.perf_counter() - t_start
-    (Path(cfg.out) / "build.json").write_text(json.dumps(_jsonable(summary.to_dict()), indent=2))
+    _write_footprints(cfg.out, patches, cfg.patch_size)
+    finalize(cfg.out, {
+        "normalization": {"train": norm},
+        "class_pixel_counts": class_pixels,
+        "splits": summary.splits,
+        "unmapped_codes": unmapped,
+        "dates_dropped": dates_dropped,
+    })
     return summary
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _n_blocks(grid: Grid, chunk: int) -> int:
-    return -(-grid.height // chunk) * -(-grid.width // chunk)
-
-
-def _run(tasks: list, client: Any, say: Callable[[str], None], label: str, volume: Callable | None = None) -> list:
-    """Compute delayed tasks, on ``client`` when given, reporting progress; results in order."""
-    if not tasks:
-        return []
-    t0 = time.perf_counter()
-    results: list = [None] * len(tasks)
-    last = 0.0
-    if client is not None:
-        from distributed import as_completed
-
-        futures = client.compute(tasks)
-        index = {f.key: i for i, f in enumerate(futures)}
-        try:
-            for k, fut in enumerate(as_completed(futures), 1):
-                results[index[fut.key]] = fut.result()
-                now = time.perf_counter()
-                if now - last > 2 or k == len(tasks):
-                    last = now
-                    say(f"{label}: {k}/{len(tasks)} chunks ({100 * k / len(tasks):.0f}%), {now - t0:.1f} s")
-        except BaseException:
-            # Ctrl-C or a failed task: stop the rest of this pass on the cluster now. Left alone,
-            # the futures (kept alive by the traceback) would go on writing to the store behind
-            # the caller's back, and a re-run on the same client would get their stale results.
-            try:
-                client.cancel(futures)
-            except Exception as e:  # noqa: BLE001 (the original error matters more; say why cancel failed)
-                log.warning("%s: could not cancel the remaining tasks (%s); they may still run", label, e)
-            raise
-        return results
-    step = max(1, os.cpu_count() or 1)
-    for s in range(0, len(tasks), step):
-        part = dask.compute(*tasks[s : s + step])
-        results[s : s + len(part)] = part
-        say(f"{label}: {s + len(part)}/{len(tasks)} chunks, {time.perf_counter() - t0:.1f} s")
-    return results
 
 
 def _splits(patches: pd.DataFrame, cfg: BuildConfig) -> list[str]:
@@ -540,9 +473,10 @@ def _check_same_patches(path: str, patches: pd.DataFrame) -> None:
         raise StoreError(f"{path}: the existing store's patches differ from this build's; pass --overwrite")
 
 
-def _write_footprints(path: str, patches: pd.DataFrame, plans: list[dict]) -> None:
-    epsgs = sorted({p["grid"].epsg for p in plans})
-    p = plans[0]["grid"].resolution * int(read_attrs(path).get("patch_size", 128))
+def _write_footprints(path: str, patches: pd.DataFrame, patch_size: int, resolution: float = 10.0) -> None:
+    """``patches.gpkg`` beside the arrays: patch squares with split and class cover (one CRS, or WGS84)."""
+    epsgs = sorted(set(patches["epsg"].tolist()))
+    p = resolution * patch_size
     frames = []
     for epsg in epsgs:
         sub = patches[patches["epsg"] == epsg]
@@ -607,6 +541,3 @@ def default_demo_paths(root: str | os.PathLike = "crop2seg-demo") -> tuple[Path,
     root = Path(root)
     return root / "scene", root / "patches.zarr"
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use the crop2seg-build-dataset command")

@@ -507,6 +507,10 @@ def _machine() -> tuple[int, int]:
     return int(CPU_COUNT or os.cpu_count() or 1), int(MEMORY_LIMIT)
 
 
+#: Log level of a local cluster's worker processes (their errors reach the client as exceptions).
+_WORKER_LOG_LEVEL = logging.CRITICAL
+
+
 def local_kwargs(spec: dict[str, Any], *, n_workers=None, threads_per_worker=None, memory_limit=None,
                  dashboard_address=None) -> dict[str, Any]:
     """``LocalCluster`` keyword arguments for a local spec and the caller's overrides.
@@ -537,6 +541,9 @@ def local_kwargs(spec: dict[str, Any], *, n_workers=None, threads_per_worker=Non
         "processes": spec.get("processes", True),
         "dashboard_address": dashboard_address or spec.get("dashboard_address") or DEFAULT_DASHBOARD,
         "scheduler_port": spec.get("scheduler_port", 0),
+        # the workers' own log lines (heartbeat tracebacks while a cluster shuts down, remote task
+        # tracebacks) stay off the user's terminal: failures reach the client as exceptions
+        "silence_logs": _WORKER_LOG_LEVEL,
     }
     if spec.get("local_directory"):
         kw["local_directory"] = os.path.expanduser(spec["local_directory"])

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import rasterio
 import rasterio.shutil
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from .grid import Grid
@@ -228,13 +228,14 @@ def validate_cog(path: str | os.PathLike) -> list[str]:
 # ----------------------------------------------------------------------------- probabilities (Zarr)
 
 
-def create_probability_store(path: str, grid: Grid, class_names: Sequence[str], chunks_yx: tuple, cube: Any = None) -> None:
+def create_probability_store(path: str, grid: Grid, class_names: Sequence[str], chunks_yx: tuple) -> None:
     """Create ``path`` (Zarr v3) with ``probabilities`` (class_id, y, x) float32, coordinates only.
 
     Zarr chunks are ``(class, first y chunk, first x chunk)``: every dask chunk boundary is a
     multiple of them (only the last chunks may be longer), so chunk tasks never share a Zarr chunk.
     """
     import dask.array as da
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
 
     K = len(class_names)
@@ -249,7 +250,7 @@ def create_probability_store(path: str, grid: Grid, class_names: Sequence[str], 
         attrs={"class_names": list(class_names), "epsg": grid.epsg, "transform": list(grid.transform)[:6], "resolution": grid.resolution,
                "pixel_convention": "x/y are pixel centers; transform is the upper-left corner"},
     )
-    ds = ds.rio.write_crs(grid.crs) if hasattr(ds, "rio") else ds
+    ds = ds.rio.write_crs(grid.crs)
     ds.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=False,
                encoding={"probabilities": {"chunks": (K, cy, cx)}})
 
@@ -288,7 +289,7 @@ def parcel_table(
     Parameters
     ----------
     parcels
-        GeoDataFrame from :func:`~crop2seg_pipeline.labels.read_parcels` (``parcel_id``,
+        GeoDataFrame from :func:`~crop2seg_pipeline.parcels.read_parcels` (``parcel_id``,
         ``crop_code``, ``class_id``, geometry).
     hists
         Per chunk: (parcel ids, class ids, pixel counts).

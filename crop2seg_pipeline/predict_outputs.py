@@ -1,10 +1,10 @@
 """Predict's outputs beyond the class and confidence maps: the probability COG, the polygons of
 the class map, and the parcel decision rules.
 
-Worker side, :func:`chunk_extras` runs inside each chunk's finishing task (it sees that chunk's
-probabilities, classes and parcel ids, nothing else): probabilities quantized to bytes for
-``probabilities.tif``, the chunk's polygons (final ones, and the *open* pieces cut by chunk
-borders), per-parcel probability sums for the soft parcel rule.
+Worker side, :func:`~crop2seg_pipeline.graph.extras.chunk_extras` runs inside each chunk's
+finishing task (it sees that chunk's probabilities, classes and parcel ids, nothing else):
+probabilities quantized to bytes for ``probabilities.tif``, the chunk's polygons (final ones, and
+the *open* pieces cut by chunk borders), per-parcel probability sums for the soft parcel rule.
 
 Client side, :class:`PredictExtras` writes each chunk's part as it arrives: probability bands
 into a tiled GeoTIFF finished as a COG (like ``classes.tif``), final polygons appended to a
@@ -20,7 +20,6 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,66 +28,16 @@ import pandas as pd
 
 from .grid import Grid
 from .kernels.parcel_rules import disagreement_rank, homogenized_classes, soft_classes
-from .kernels.polygons import merge_pieces, polygonize_block, quantize_probabilities
+from .graph.extras import DEFAULT_MIN_POLYGON_AREA, ChunkExtras, merge_tasks
 from .nomenclature import BACKGROUND
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ChunkExtras", "chunk_extras", "PredictExtras", "parcel_rule_columns", "DEFAULT_MIN_POLYGON_AREA",
-           "POLYGON_COLUMNS", "PARCEL_RULE_COLUMNS"]
-
-#: Crop2Seg keeps polygons of the class map whose area is more than 5000 m2.
-DEFAULT_MIN_POLYGON_AREA = 5000.0
+__all__ = ["PredictExtras", "parcel_rule_columns", "DEFAULT_MIN_POLYGON_AREA", "POLYGON_COLUMNS",
+           "PARCEL_RULE_COLUMNS"]
 POLYGON_COLUMNS = ("polygon_id", "class_id", "class_name", "area_m2", "n_pixels", "mean_confidence")
 PARCEL_RULE_COLUMNS = ("homogenized_class", "homogenized_name", "homogenized_agreement", "soft_class", "soft_name",
                        "soft_probability", "soft_top2_class", "soft_top2_name", "soft_agreement", "disagreement_rank")
-
-
-# ----------------------------------------------------------------------------- worker side
-
-
-@dataclass(frozen=True)
-class ChunkExtras:
-    """What a chunk's finishing task computes besides classes and confidence (small; ships in the graph)."""
-
-    probability_bytes: bool
-    polygons: bool
-    parcel_probabilities: bool
-    tile_height: int
-    tile_width: int
-    transform: tuple[float, ...]  # the tile's affine (a, b, c, d, e, f)
-    min_polygon_area: float = DEFAULT_MIN_POLYGON_AREA
-    background: int = BACKGROUND
-
-    @property
-    def pixel_area(self) -> float:
-        return abs(self.transform[0] * self.transform[4])
-
-
-def chunk_extras(probs: np.ndarray, cls: np.ndarray, parcel_id: np.ndarray | None, opts: ChunkExtras,
-                 y0: int, x0: int) -> dict:
-    """Task body part: the extra outputs of the chunk at (y0, x0) (``probs`` (class, y, x))."""
-    from affine import Affine
-
-    out: dict[str, Any] = {}
-    if opts.probability_bytes:
-        out["prob_u8"] = quantize_probabilities(probs)
-    if opts.polygons:
-        h, w = cls.shape
-        transform = Affine(*opts.transform) * Affine.translation(x0, y0)
-        sides = (y0 > 0, y0 + h < opts.tile_height, x0 > 0, x0 + w < opts.tile_width)
-        final, pieces = polygonize_block(
-            cls, probs.max(axis=0), transform, row0=y0, col0=x0, tile_width=opts.tile_width, open_sides=sides,
-            background=opts.background, pixel_area=opts.pixel_area, min_area=opts.min_polygon_area,
-        )
-        out["polygons"], out["pieces"] = final, pieces
-    if opts.parcel_probabilities and parcel_id is not None:
-        inside = parcel_id > 0
-        upid, inv = np.unique(parcel_id[inside].astype(np.int64), return_inverse=True)
-        sums = np.stack([np.bincount(inv, weights=probs[k][inside].astype(np.float64), minlength=upid.size)
-                         for k in range(probs.shape[0])], axis=1)
-        out["parcel_prob"] = (upid, sums)
-    return out
 
 
 # ----------------------------------------------------------------------------- client side
@@ -179,15 +128,10 @@ class PredictExtras:
                         say: Callable[[str], None] | None = None) -> Path | None:
         """Merge the open pieces (one task per class, through ``run(tasks, on_result)``) and move
         ``polygons.gpkg`` into place."""
-        import dask
-
         if not self.options.polygons:
             return None
         say = say or log.info
-        tasks = [dask.delayed(merge_pieces, pure=True)(pieces, pixel_area=self.options.pixel_area,
-                                                       min_area=self.options.min_polygon_area,
-                                                       dask_key_name=f"merge-polygons-{k}-{dask.base.tokenize(pieces)}")
-                 for k, pieces in sorted(self._pieces.items())]
+        tasks = merge_tasks(self._pieces, self.options)
         if tasks:
             say(f"polygons: merging the pieces cut by chunk borders ({len(tasks)} classes)")
             run(tasks, self._append)

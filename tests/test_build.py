@@ -24,14 +24,13 @@ from crop2seg_pipeline.build import build_dataset
 from crop2seg_pipeline.dataset import PatchDataset, collate_patches
 from crop2seg_pipeline.errors import ParcelError, ReadError, StoreError
 from crop2seg_pipeline.kernels.s2 import clear_mask
-from crop2seg_pipeline.labels import CropMapping
 from crop2seg_pipeline.nomenclature import BANDS, DEFAULT_UNCLEAR_SCL
 from crop2seg_pipeline.store import open_store
 
 pytestmark = pytest.mark.slow
 
 PATCH = 64
-OPTS = dict(patch_size=PATCH, chunk_patches=2, min_crop_cover=0.3, split_block=2, seed=3)
+OPTS = dict(patch_size=PATCH, chunksize=2 * PATCH, min_crop_cover=0.3, split_block=2, seed=3)
 
 
 @pytest.fixture(scope="module")

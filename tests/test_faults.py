@@ -34,7 +34,7 @@ pytestmark = [
 ]
 
 PATCH = 64
-OPTS = dict(patch_size=PATCH, chunk_patches=2, min_crop_cover=0.3, split_block=2, seed=3)
+OPTS = dict(patch_size=PATCH, chunksize=2 * PATCH, min_crop_cover=0.3, split_block=2, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def cluster():
 
 def _n_chunks(store) -> int:
     ds = open_store(store)
-    cp = OPTS["chunk_patches"]
+    cp = OPTS["chunksize"] // PATCH
     return len(set(zip(ds["row"].values // cp, ds["col"].values // cp)))
 
 
@@ -170,7 +170,7 @@ def test_worker_sigkilled_mid_build_is_replaced_and_store_equals_clean_build(dem
 
 def _cli_args(scene, out) -> list[str]:
     return ["build-dataset", "--items", str(scene.items), "--parcels", str(scene.parcels), "--out", str(out),
-            "--mapping", str(scene.mapping), "--patch-size", str(PATCH), "--chunk-patches", str(OPTS["chunk_patches"]),
+            "--mapping", str(scene.mapping), "--patch-size", str(PATCH), "--chunksize", str(OPTS["chunksize"]),
             "--min-crop-cover", str(OPTS["min_crop_cover"]), "--split-block", str(OPTS["split_block"]),
             "--seed", str(OPTS["seed"]), "--workers", "2"]
 
@@ -282,7 +282,7 @@ def test_memory_limit_far_below_the_machine_restarts_no_worker(demo_scene, tmp_p
         sampler.start()
         try:
             summary = build_dataset(demo_scene.items, demo_scene.parcels, out, mapping=demo_scene.mapping, client=client,
-                                    patch_size=128, chunk_patches=4)
+                                    patch_size=128, chunksize=512)
         finally:
             stop.set()
             sampler.join()
@@ -382,7 +382,7 @@ def test_many_threads_one_patch_per_task_lose_nothing(demo_scene, tmp_path):
     out = tmp_path / "concurrent.zarr"
     with LocalCluster(n_workers=2, threads_per_worker=4, processes=True, dashboard_address=":0") as lc, Client(lc) as client:
         summary = build_dataset(demo_scene.items, demo_scene.parcels, out, mapping=demo_scene.mapping, client=client,
-                                **{**OPTS, "chunk_patches": 1})
+                                **{**OPTS, "chunksize": PATCH})
     ds = open_store(out)
     n = ds.sizes["patch"]
     assert n == summary.n_patches == summary.n_written > 32

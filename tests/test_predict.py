@@ -8,7 +8,6 @@ its normalization statistics are those of the test cube.
 from __future__ import annotations
 
 import json
-import pickle
 import warnings
 from pathlib import Path
 
@@ -24,16 +23,16 @@ from crop2seg_pipeline.cube import cube_grid_of, load_cube
 from crop2seg_pipeline.errors import Crop2SegError, EmptySelectionError, MissingBandError
 from crop2seg_pipeline.grid import Grid
 from crop2seg_pipeline.items import normalize_items
+from crop2seg_pipeline.blocks import cube_source
 from crop2seg_pipeline.kernels.windows import (
+    accumulate_windows,
     blend_weights,
     date_positions,
-    halo,
     plan_axis,
-    predict_block,
     preprocess,
-    windows_touching,
 )
-from crop2seg_pipeline.labels import CropMapping, read_parcels
+from crop2seg_pipeline.mapping import CropMapping
+from crop2seg_pipeline.parcels import read_parcels
 from crop2seg_pipeline.malloc import malloc_tuned
 from crop2seg_pipeline.models import CheckpointError, build_model, save_weights
 from crop2seg_pipeline.nomenclature import BANDS, CLASS_COLORS, CLASS_NAMES
@@ -41,11 +40,11 @@ from crop2seg_pipeline.outputs import TiledRaster, read_category_names, validate
 from crop2seg_pipeline.predict import (
     BLEND_FLOOR,
     DateRangeWarning,
-    _probabilities,
     model_loads,
     predict,
     predict_cube,
     read_model_spec,
+    source_probabilities,
 )
 
 PATCH = 32
@@ -94,33 +93,6 @@ def pred96(small_scene, weights):
 # ----------------------------------------------------------------------------- kernels
 
 
-@pytest.mark.parametrize("n,size,stride", [(256, 32, 24), (100, 32, 32), (33, 32, 1), (32, 32, 8), (1000, 128, 96),
-                                           (129, 128, 96), (7, 32, 24)])
-def test_plan_covers_every_pixel_including_the_last_partial_window(n, size, stride):
-    o = plan_axis(n, size, stride)
-    covered = np.zeros(max(n, size), int)
-    for v in o:
-        covered[v : v + size] += 1
-    assert (covered[:n] > 0).all()
-    assert o[0] == 0 and (o[-1] + size == n if n >= size else o[-1] == 0)
-    assert np.all(np.diff(o) > 0) and np.all(np.diff(o) <= stride)
-
-
-def test_halo_gives_each_block_every_window_touching_its_core():
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        n = int(rng.integers(64, 700))
-        size, stride = 32, int(rng.integers(8, 33))
-        o = plan_axis(n, size, stride)
-        cuts = np.sort(rng.choice(np.arange(size, n - size), size=3, replace=False)) if n > 3 * size else []
-        bounds = [0, *[int(c) for c in cuts], n]
-        before, after = halo(o, size, bounds)
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            w = windows_touching(o, size, a, b)
-            assert w.size and w.min() >= a - before and w.max() + size <= b + after
-        assert before < size and after < size
-
-
 def test_blend_weights_ramp_with_a_floor():
     w = blend_weights(32, 8, floor=0.05)
     assert w.shape == (32, 32) and w.dtype == np.float32
@@ -128,7 +100,7 @@ def test_blend_weights_ramp_with_a_floor():
     assert np.allclose(blend_weights(16, 0), 1.0)
 
 
-def test_predict_block_weight_sum_positive_and_probabilities_normalized():
+def test_accumulated_windows_normalize_to_probabilities_and_skip_the_ignored_class():
     rng = np.random.default_rng(1)
     s2 = rng.integers(0, 5000, (3, 2, 50, 70)).astype(np.uint16)
     rows, cols = plan_axis(50, 16, 12), plan_axis(70, 16, 12)
@@ -137,10 +109,14 @@ def test_predict_block_weight_sum_positive_and_probabilities_normalized():
         m = x.mean(dim=(1, 2), keepdim=False)[:, None]
         return torch.cat([m * k for k in range(4)], dim=1)
 
-    probs, wsum = predict_block(s2, np.arange(3, dtype=np.float32), forward, mean=np.zeros(2), std=np.ones(2) * 1000,
-                                rows=rows, cols=cols, size=16, weights=blend_weights(16, 4), core=(0, 50, 0, 70),
-                                n_classes=4, batch_size=3, ignore_index=3)
+    acc = np.zeros((4, 50, 70))
+    wsum = np.zeros((50, 70))
+    n = accumulate_windows(s2, np.arange(3, dtype=np.float32), forward, mean=np.zeros(2), std=np.ones(2) * 1000,
+                           windows=[(r, c) for r in rows for c in cols], size=16, weights=blend_weights(16, 4),
+                           acc=acc, wsum=wsum, batch_size=3, ignore_index=3)
+    assert n == len(rows) * len(cols)
     assert (wsum > 0).all()
+    probs = acc / wsum
     assert np.allclose(probs.sum(axis=0), 1.0, atol=1e-5)
     assert (probs[3] == 0).all()  # the ignored class is never predicted
 
@@ -223,20 +199,22 @@ def test_area_smaller_than_a_window_is_padded(small_scene, weights):
     np.testing.assert_allclose(out["probabilities"].sum("class_id").values, 1.0, atol=1e-5)
 
 
-def _items_path(cube, items, weights, **kw):
+def _items_path(cube, items, weights, chunksize):
     """Probabilities through the path of :func:`predict`: model tasks read their own blocks."""
     spec = read_model_spec(weights)
-    lazy = _probabilities(cube, spec, overlap=OVERLAP, batch_size=5, device="cpu", resources=None, items=items, **kw)
+    src = cube_source(items, cube_grid_of(cube), spec.bands)
+    lazy, _ = source_probabilities(src, list(range(src.n_dates)), spec, chunksize=chunksize, overlap=OVERLAP,
+                                   batch_size=5, device="cpu")
     graph = dict(lazy.__dask_graph__())
     assert not set(graph) & set(dict(cube["s2"].data.__dask_graph__())), "the cube's read tasks are in the graph"
     return lazy.compute(scheduler="threads")
 
 
 def test_model_tasks_that_read_their_own_blocks_give_the_same_probabilities(small_scene, weights, pred96):
-    # chunks of 75 px: haloed blocks start at odd rows/cols (20 m bands are read on an even window, cropped)
+    # chunks of 75 px: haloed blocks start at odd rows/cols (20 m bands at odd 10 m offsets)
     norm = normalize_items(small_scene.items)
     cube = load_cube(norm, chunksize=75)
-    got = _items_path(cube, norm, weights)
+    got = _items_path(cube, norm, weights, 75)
     np.testing.assert_allclose(got, pred96["probabilities"].values, atol=1e-5, rtol=0)
 
 
@@ -247,7 +225,7 @@ def test_model_tasks_that_read_their_own_blocks_pad_small_areas(small_scene, wei
     cube = load_cube(norm, grid=grid.window(3, 5, 21, 45), chunksize=64)
     assert cube.sizes["y"] == 21 and cube.sizes["x"] == 45
     lazy = predict_cube(cube, weights, overlap=OVERLAP, probabilities=True).compute(scheduler="sync")
-    np.testing.assert_allclose(_items_path(cube, norm, weights), lazy["probabilities"].values, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(_items_path(cube, norm, weights, 64), lazy["probabilities"].values, atol=1e-6, rtol=0)
 
 
 # ----------------------------------------------------------------------------- outputs

@@ -23,7 +23,8 @@ from scipy import ndimage
 
 from crop2seg_pipeline.kernels.parcel_rules import disagreement_rank, homogenized_classes, soft_classes
 from crop2seg_pipeline.kernels.polygons import quantize_probabilities
-from crop2seg_pipeline.labels import CropMapping, read_parcels
+from crop2seg_pipeline.mapping import CropMapping
+from crop2seg_pipeline.parcels import read_parcels
 from crop2seg_pipeline.nomenclature import CLASS_NAMES
 from crop2seg_pipeline.outputs import quicklook_figure, validate_cog
 from crop2seg_pipeline.predict import default_demo_weights, predict

@@ -76,7 +76,7 @@ def test_build_from_workflow_with_flag_override(demo_scene, tmp_path):
     out = tmp_path / "p.zarr"
     wf.write_text(yaml.safe_dump({
         "items": str(demo_scene.items), "parcels": str(demo_scene.parcels), "mapping": str(demo_scene.mapping),
-        "build": {"out": str(out), "patch_size": 64, "chunk_patches": 4, "seed": 1, "min_crop_cover": 0.3},
+        "build": {"out": str(out), "patch_size": 64, "chunksize": 256, "seed": 1, "min_crop_cover": 0.3},
     }))
     res = CliRunner().invoke(build_dataset_cmd, ["--workflow", str(wf), "--seed", "7", "--workers", "1", "-q"])
     assert res.exit_code == 0, res.output

@@ -32,7 +32,8 @@ from . import CONTEXT, fail, parse_floats, quiet_opt, setup_logging, verbose_opt
 @click.option("--split", default="0.7,0.15,0.15", help="train,val,test shares (assigned by spatial blocks).")
 @click.option("--split-block", default=2, type=int, help="Side of a split block, in patches.")
 @click.option("--seed", default=0, type=int, help="Seed of the split assignment.")
-@click.option("--chunk-patches", default=4, type=int, help="Work chunk side in patches (memory per task grows with its square).")
+@click.option("--chunksize", default=512, type=click.IntRange(min=1), help="Work chunk side in pixels, a multiple of --patch-size: the unit of work and of worker memory (one chunk with all its dates and bands).")
+@click.option("--chunk-patches", default=None, type=click.IntRange(min=1), hidden=True, help="Deprecated: --chunksize in patches.")
 @click.option("--resampling-20m", default="nearest", type=click.Choice(["nearest", "bilinear", "cubic", "average"]), help="How 20 m bands reach 10 m.")
 @click.option("--cluster", default="local", help="A spec name (local, slurm, slurm-gpu, pbs, existing: see crop2seg-cluster --dry-run), a spec YAML path, or a scheduler address tcp://HOST:PORT.")
 @click.option("--workers", default=None, type=int, help="Local clusters only: number of workers (default: one per core).")
@@ -43,7 +44,7 @@ from . import CONTEXT, fail, parse_floats, quiet_opt, setup_logging, verbose_opt
 @verbose_opt
 @quiet_opt
 def build_dataset_cmd(items, parcels, out, mapping, id_column, crop_column, layer, patch_size, bbox, bbox_crs,
-                      start, end, max_cloud, min_crop_cover, min_date_clear, split, split_block, seed, chunk_patches,
+                      start, end, max_cloud, min_crop_cover, min_date_clear, split, split_block, seed, chunksize, chunk_patches,
                       resampling_20m, cluster, workers, threads_per_worker, memory_limit, overwrite, demo_size,
                       verbose, quiet):
     """Build a Zarr patch dataset from Sentinel-2 STAC items and LPIS parcels, on a Dask cluster.
@@ -72,12 +73,15 @@ def build_dataset_cmd(items, parcels, out, mapping, id_column, crop_column, laye
         out = out or str(default_out)
     if out is None:
         raise click.UsageError("--out is required with --items")
+    if chunk_patches is not None:
+        click.echo(f"--chunk-patches is deprecated: use --chunksize {chunk_patches * patch_size} (pixels)", err=True)
+        chunksize = chunk_patches * patch_size
     try:
         cfg = BuildConfig(
             items=items, parcels=parcels, out=out, mapping=mapping, id_column=id_column, crop_column=crop_column,
             layer=layer, patch_size=patch_size, bbox=parse_floats(bbox, 4, "--bbox"), bbox_crs=bbox_crs, start=start,
             end=end, max_cloud=max_cloud, min_crop_cover=min_crop_cover, min_date_clear=min_date_clear,
-            split=parse_floats(split, 3, "--split"), split_block=split_block, seed=seed, chunk_patches=chunk_patches,
+            split=parse_floats(split, 3, "--split"), split_block=split_block, seed=seed, chunksize=chunksize,
             resampling_20m=resampling_20m,
         )
         cfg.validate()

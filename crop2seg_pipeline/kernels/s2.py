@@ -1,4 +1,4 @@
-"""Pure numpy kernels on Sentinel-2 blocks: offset harmonization, same-day merge, SCL masks.
+"""Pure numpy kernels on Sentinel-2 blocks: offset harmonization, 2 x 2 repeat, same-day merge, SCL masks.
 
 No dask, xarray or I/O here; the cube builder maps these over chunks.
 """
@@ -54,51 +54,46 @@ def upsample2(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def assemble_bands(
-    a10: np.ndarray | None,
-    a20: np.ndarray | None,
-    *,
-    n_bands: int,
-    pos10: Sequence[int],
-    pos20: Sequence[int],
-    offsets: Sequence[int] | np.ndarray,
-    upsample20: bool,
-) -> np.ndarray:
-    """Put 10 m and 20 m band blocks into one (time, band, y, x) block and harmonize offsets.
+def take_first_valid(
+    dst_s2: np.ndarray | None,
+    dst_scl: np.ndarray,
+    filled: np.ndarray,
+    s2: np.ndarray | None,
+    scl: np.ndarray,
+) -> None:
+    """Merge one more item of a day into the day's arrays, in place: first valid wins.
+
+    An item has data wherever its SCL is not 0 (Sen2Cor's NO_DATA), so the merge is decided by
+    SCL alone and an SCL-only read merges exactly as a full read.
 
     Parameters
     ----------
-    a10 : (time, n10, y, x) uint16 or None
-    a20 : (time, n20, y, x) uint16, or (time, n20, y/2, x/2) when ``upsample20``; or None
-    pos10, pos20 : positions of those bands on the output band axis
-    offsets : (time,) DN offsets (see :func:`harmonize_offsets`)
+    dst_s2 : (band, y, x) or None
+        The day's reflectance so far (None when only SCL is merged).
+    dst_scl : (y, x)
+        The day's SCL so far.
+    filled : (y, x) bool
+        Pixels already taken from an earlier item; updated.
+    s2 : (band, y, x) or None
+        The item's reflectance.
+    scl : (y, x)
+        The item's SCL.
     """
-    ref = a10 if a10 is not None else a20
-    t = ref.shape[0]
-    h, w = ref.shape[-2:]
-    if a10 is None and upsample20:
-        h, w = 2 * h, 2 * w
-    out = np.empty((t, n_bands, h, w), dtype=np.uint16)
-    for k, p in enumerate(pos10):  # basic slicing only: no fancy-index temporaries
-        out[:, p] = a10[:, k]
-    for k, p in enumerate(pos20):
-        if upsample20:
-            for i in range(2):
-                for j in range(2):
-                    out[:, p, i::2, j::2] = a20[:, k]
-        else:
-            out[:, p] = a20[:, k]
-    return harmonize_offsets(out, offsets, inplace=True)
+    take = (scl != 0) & ~filled
+    dst_scl[take] = scl[take]
+    if dst_s2 is not None:
+        dst_s2[:, take] = s2[:, take]
+    filled |= take
 
 
 def merge_first_valid(
-    s2: np.ndarray, scl: np.ndarray, groups: Sequence[Sequence[int]]
-) -> tuple[np.ndarray, np.ndarray]:
+    s2: np.ndarray | None, scl: np.ndarray, groups: Sequence[Sequence[int]]
+) -> tuple[np.ndarray | None, np.ndarray]:
     """Merge dates that belong together (same day), taking each pixel from the first item with data.
 
     Parameters
     ----------
-    s2 : ndarray (time, band, y, x)
+    s2 : ndarray (time, band, y, x) or None
     scl : ndarray (time, y, x)
         SCL of the same items; ``0`` (no data) marks pixels an item does not cover.
     groups : sequence of index lists
@@ -106,18 +101,20 @@ def merge_first_valid(
 
     Returns
     -------
-    (s2, scl) with ``len(groups)`` dates.
+    (s2, scl) with ``len(groups)`` dates (``s2`` None when given None). The first item of a day
+    gives every pixel no later item takes (see :func:`take_first_valid`).
     """
-    out_s2 = np.zeros((len(groups),) + s2.shape[1:], dtype=s2.dtype)
-    out_scl = np.zeros((len(groups),) + scl.shape[1:], dtype=scl.dtype)
+    out_s2 = None if s2 is None else np.empty((len(groups),) + s2.shape[1:], dtype=s2.dtype)
+    out_scl = np.empty((len(groups),) + scl.shape[1:], dtype=scl.dtype)
     for k, idx in enumerate(groups):
-        filled = np.zeros(scl.shape[1:], dtype=bool)
-        for i in idx:
-            has = (scl[i] != 0) | (s2[i] != 0).any(axis=0)
-            take = has & ~filled
-            out_scl[k][take] = scl[i][take]
-            out_s2[k][:, take] = s2[i][:, take]
-            filled |= take
+        first, rest = idx[0], idx[1:]
+        out_scl[k] = scl[first]
+        if out_s2 is not None:
+            out_s2[k] = s2[first]
+        filled = scl[first] != 0
+        for i in rest:
+            take_first_valid(None if out_s2 is None else out_s2[k], out_scl[k], filled,
+                             None if s2 is None else s2[i], scl[i])
     return out_s2, out_scl
 
 

@@ -4,18 +4,17 @@ The pieces of whole-tile inference, each testable on its own:
 
 * :func:`preprocess` and :func:`date_positions`: *the* model input transform, shared by training
   (the torch ``Dataset``) and inference so that a model is always fed the way it was trained;
-* :func:`plan_axis` / :func:`windows_touching` / :func:`halo`: where the ``size`` x ``size``
-  windows sit. Windows are planned once on the *global* grid of the scene (origins ``0, stride,
-  2 * stride, ...``, the last one shifted back to end exactly on the edge, never dropped), so the
-  windows -- and therefore the predictions -- do not depend on how the scene is chunked;
+* :func:`plan_axis`: where the ``size`` x ``size`` windows sit. Windows are planned once on the
+  *global* grid of the scene (origins ``0, stride, 2 * stride, ...``, the last one shifted back to
+  end exactly on the edge, never dropped), so the windows -- and therefore the predictions -- do
+  not depend on how the scene is chunked;
 * :func:`blend_weights`: separable ramp weights that fall off towards window edges (with a floor
   > 0, so a pixel covered by a single window edge still gets a prediction);
 * :func:`owner_of` / :func:`owned_windows` / :func:`owned_halo`: each window belongs to the one
   block holding its origin, so a chunked run computes every window exactly once and a block's
   halo reaches only forward;
 * :func:`accumulate_windows`: run a model over windows in batches, softmax, and add the weighted
-  probabilities into accumulators in place; :func:`predict_block` on top of it: the blended
-  probabilities of one block's core from all windows touching it (the halo is trimmed).
+  probabilities into accumulators in place.
 
 Pixel convention: array index ``[..., i, j]``; a window with origin ``(r, c)`` covers rows
 ``r .. r + size - 1`` and columns ``c .. c + size - 1``.
@@ -32,14 +31,11 @@ __all__ = [
     "preprocess",
     "date_positions",
     "plan_axis",
-    "windows_touching",
-    "halo",
     "owner_of",
     "owned_windows",
     "owned_halo",
     "blend_weights",
     "accumulate_windows",
-    "predict_block",
     "masked_softmax",
     "classes_of",
     "confidence_of",
@@ -119,27 +115,6 @@ def plan_axis(n: int, size: int, stride: int) -> np.ndarray:
     if origins[-1] != last:
         origins = np.append(origins, last)  # shifted back to the edge, never dropped
     return origins
-
-
-def windows_touching(origins: np.ndarray, size: int, start: int, stop: int) -> np.ndarray:
-    """The origins whose window ``[o, o + size)`` intersects ``[start, stop)`` (kept in order)."""
-    origins = np.asarray(origins, dtype=np.int64)
-    return origins[(origins < stop) & (origins + size > start)]
-
-
-def halo(origins: np.ndarray, size: int, bounds: Sequence[int]) -> tuple[int, int]:
-    """(before, after): how far the windows touching any block reach beyond that block.
-
-    ``bounds`` are the block edges along the axis (``0, c1, c1 + c2, ..., n``). The result is the
-    smallest overlap depth that gives each block every window touching its core.
-    """
-    before = after = 0
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        w = windows_touching(origins, size, a, b)
-        if w.size:
-            before = max(before, int(a - w.min()))
-            after = max(after, int(w.max() + size - b))
-    return before, after
 
 
 def owner_of(origins: np.ndarray, size: int, bounds: Sequence[int]) -> np.ndarray:
@@ -300,66 +275,6 @@ def accumulate_windows(
                 dws = wsum[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
                 np.add(dws, weights[y0 - r : y1 - r, x0 - c : x1 - c], out=dws)
     return len(wins)
-
-
-def predict_block(
-    s2: np.ndarray,
-    positions: np.ndarray,
-    forward: Callable,
-    *,
-    mean: np.ndarray,
-    std: np.ndarray,
-    rows: np.ndarray,
-    cols: np.ndarray,
-    size: int,
-    weights: np.ndarray,
-    core: tuple[int, int, int, int],
-    n_classes: int,
-    batch_size: int = 8,
-    ignore_index: int | None = None,
-    device=None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Blended class probabilities of a block's core from the windows touching it.
-
-    Parameters
-    ----------
-    s2
-        ``(time, band, h, w)`` uint16 block including its halo; window origins are local to it.
-    positions
-        ``(time,)`` float32 days since the model's reference date.
-    forward
-        ``forward(x, positions) -> logits`` (see :func:`accumulate_windows`).
-    mean, std
-        Per-band normalization (see :func:`preprocess`).
-    rows, cols
-        Local window origins along y and x (every pair is a window), in the order to accumulate.
-    size
-        Window side.
-    weights
-        ``(size, size)`` blend weights (:func:`blend_weights`).
-    core
-        ``(r0, r1, c0, c1)``: the block's core in local pixels; only it is accumulated/returned.
-    n_classes, batch_size, ignore_index, device
-        Number of classes, windows per forward pass, class never predicted (its probability is
-        0), torch device of the model.
-
-    Returns
-    -------
-    (probabilities, weight_sum)
-        ``(class, r1 - r0, c1 - c0)`` float32 probabilities (normalized by the weight sum) and
-        the ``(r1 - r0, c1 - c0)`` float32 weight sum (> 0 wherever a window covers the pixel).
-    """
-    r0, r1, c0, c1 = core
-    acc = np.zeros((n_classes, r1 - r0, c1 - c0), dtype=np.float32)
-    wsum = np.zeros((r1 - r0, c1 - c0), dtype=np.float32)
-    accumulate_windows(
-        s2, positions, forward, mean=mean, std=std, windows=[(r, c) for r in rows for c in cols], size=size,
-        weights=weights, acc=acc, wsum=wsum, origin=(r0, c0), batch_size=batch_size, ignore_index=ignore_index,
-        device=device,
-    )
-    covered = wsum > 0
-    np.divide(acc, wsum, out=acc, where=covered[None])
-    return acc, wsum
 
 
 def classes_of(probabilities: np.ndarray) -> np.ndarray:

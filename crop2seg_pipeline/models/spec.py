@@ -1,0 +1,152 @@
+"""What inference needs from a weights folder: :class:`ModelSpec`, read and checked once.
+
+:func:`read_model_spec` loads the folder once on the client (so a broken folder fails before any
+work starts) and keeps only small facts (bands, normalization, reference date, window size,
+classes, the SCL date rule); the spec ships in the graph, the model never does: workers load
+it themselves (:mod:`crop2seg_pipeline.graph.model_cache`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..kernels.windows import date_positions
+from ..nomenclature import BANDS, CLASS_NAMES, DEFAULT_UNCLEAR_SCL, NOT_CLASSIFIED
+
+__all__ = ["ModelSpec", "read_model_spec"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What inference needs from a weights folder's ``model.json`` (small; safe to ship in graphs).
+
+    Attributes
+    ----------
+    weights_dir : absolute path of the weights folder (workers load the model from it)
+    fingerprint : (size, mtime_ns) of ``weights.pt`` and ``model.json``; part of the cache key
+    bands : input bands, in the model's order (``model.json["bands"]``)
+    mean, std : per-band normalization (``model.json["normalization"]``)
+    reference_date : ISO date; positions are days since it (``model.json["reference_date"]``)
+    patch_size : window side the model was trained on (``model.json["patch_size"]``, default 128)
+    class_names : output classes (``model.json["class_names"]``)
+    ignore_index : class never predicted (``model.json["ignore_index"]``, default 14)
+    downscale : the model's spatial size divisor
+    date_range : (first, last) ISO training dates (``model.json["training"]["date_range"]``) or None
+    min_date_clear : dates whose clear-sky share over the area is at most this are dropped
+        (``model.json["preprocessing"]["min_date_clear"]``, default 0.0 as the store build)
+    unclear_scl : SCL classes that are not clear sky (``model.json["preprocessing"]["unclear_scl"]``)
+    resampling_20m : how 20 m bands reached 10 m in training (``model.json["preprocessing"]["resampling_20m"]``)
+    """
+
+    weights_dir: str
+    fingerprint: tuple
+    bands: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    reference_date: str
+    patch_size: int
+    class_names: tuple[str, ...]
+    ignore_index: int | None
+    downscale: int
+    date_range: tuple[str, str] | None = None
+    min_date_clear: float | None = 0.0
+    unclear_scl: tuple[int, ...] = DEFAULT_UNCLEAR_SCL
+    resampling_20m: str = "nearest"
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def position_range(self) -> tuple[float, float] | None:
+        if self.date_range is None:
+            return None
+        p = date_positions(np.array(self.date_range, dtype="datetime64[D]"), self.reference_date)
+        return float(p.min()), float(p.max())
+
+
+def _fingerprint(folder: Path) -> tuple:
+    out = []
+    for name in ("weights.pt", "model.json"):
+        st = (folder / name).stat()
+        out.append((name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def read_model_spec(weights_dir: str | os.PathLike) -> ModelSpec:
+    """Read and validate a weights folder for inference (loads the model once, on CPU).
+
+    Raises
+    ------
+    CheckpointError
+        Missing/corrupt folder or files, keys inference needs absent from ``model.json``, bands
+        that are not Sentinel-2 bands of this pipeline, classes other than the nomenclature's,
+        a patch size the model cannot take.
+    """
+    from . import CheckpointError, load_model
+
+    folder = Path(weights_dir).expanduser().resolve()
+    _, meta = load_model(folder, "cpu", expect_classes=list(CLASS_NAMES))
+    model_json = folder / "model.json"
+    norm = meta.get("normalization") or {}
+    missing = [k for k, v in (("bands", meta.get("bands")), ("normalization.mean", norm.get("mean")),
+                              ("normalization.std", norm.get("std")),
+                              ("reference_date", meta.get("reference_date"))) if v is None]
+    if missing:
+        raise CheckpointError(
+            f"{model_json} lacks {', '.join(missing)}: inference must feed the model exactly as it "
+            "was trained; re-save the weights with crop2seg-train (or add these keys)"
+        )
+    bands = [str(b) for b in meta["bands"]]
+    unknown = [b for b in bands if b not in BANDS]
+    if unknown:
+        raise CheckpointError(
+            f"{model_json}: the model was trained on band(s) {unknown}, which this pipeline does "
+            f"not read (it reads {list(BANDS)}); use weights trained on Sentinel-2 bands"
+        )
+    mean = [float(v) for v in norm["mean"]]
+    std = [float(v) for v in norm["std"]]
+    if len(mean) != len(bands) or len(std) != len(bands):
+        raise CheckpointError(
+            f"{model_json}: normalization has {len(mean)} means / {len(std)} stds for {len(bands)} bands"
+        )
+    try:
+        ref = dt.date.fromisoformat(str(meta["reference_date"])[:10]).isoformat()
+    except ValueError:
+        raise CheckpointError(f"{model_json}: reference_date {meta['reference_date']!r} is not an ISO date") from None
+    downscale = int(meta["config"].get("str_conv_s", 2)) ** (len(meta["config"].get("encoder_widths", [0] * 4)) - 1)
+    patch = int(meta.get("patch_size", 128))
+    if patch < downscale or patch % downscale:
+        raise CheckpointError(f"{model_json}: patch_size {patch} is not a multiple of the model's {downscale}")
+    training = meta.get("training") or {}
+    rng = training.get("date_range", meta.get("date_range"))
+    date_range = None
+    if rng is not None:
+        try:
+            date_range = tuple(dt.date.fromisoformat(str(d)[:10]).isoformat() for d in rng)
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{model_json}: training.date_range {rng!r} is not [first, last] ISO dates") from None
+        if len(date_range) != 2:
+            raise CheckpointError(f"{model_json}: training.date_range must be [first, last], got {rng!r}")
+    pre = meta.get("preprocessing") or {}
+    ignore = meta.get("ignore_index", NOT_CLASSIFIED)
+    return ModelSpec(
+        weights_dir=str(folder),
+        fingerprint=_fingerprint(folder),
+        bands=tuple(bands),
+        mean=tuple(mean),
+        std=tuple(std),
+        reference_date=ref,
+        patch_size=patch,
+        class_names=tuple(meta.get("class_names") or CLASS_NAMES),
+        ignore_index=None if ignore is None else int(ignore),
+        downscale=downscale,
+        date_range=date_range,  # type: ignore[arg-type]
+        min_date_clear=pre.get("min_date_clear", 0.0),
+        unclear_scl=tuple(int(v) for v in (pre.get("unclear_scl") or DEFAULT_UNCLEAR_SCL)),
+        resampling_20m=str(pre.get("resampling_20m") or "nearest"),
+    )

@@ -143,7 +143,8 @@ def prediction_page(pred: Prediction, top: int = 12, progress: Callable[[str], N
     page.figure("agreement.png", figures.agreement_by_class(agree, names, pred.colors),
                 "Share of the parcels of each declared class whose predicted class (the area majority of their "
                 "pixels) is the declared one. Parcels without pixels and Not-classified declarations are not "
-                "compared.")
+                "compared. The table also gives the shares under Crop2Seg's homogenization and soft rules when "
+                "the parcel table has them.")
     page.table(agree, csv_name="agreement.csv")
 
     page.section("Declared vs predicted")
@@ -159,8 +160,12 @@ def prediction_page(pred: Prediction, top: int = 12, progress: Callable[[str], N
         thumbs = _thumbnails(pred, worst, say)
         page.thumbnails(thumbs)
         cols = [c for c in ("disagreement_rank", "parcel_id", "declared_name", "predicted_name", "predicted_share",
-                            "mean_confidence", "n_pixels") if c in worst.columns]
-        page.table(pd.DataFrame(worst[cols]).reset_index(drop=True), csv_name="top_disagreements.csv")
+                            "mean_confidence", "n_pixels", "homogenized_name", "soft_name", "soft_probability")
+                if c in worst.columns]
+        shown = pd.DataFrame(worst[cols]).reset_index(drop=True)
+        if "disagreement_rank" in shown:
+            shown["disagreement_rank"] = shown["disagreement_rank"].astype("Int64")  # GPKG reads it as float
+        page.table(shown, csv_name="top_disagreements.csv")
     else:
         page.text("No compared parcel disagrees with its declaration.")
     return page

@@ -139,8 +139,10 @@ def _flag(table: pd.DataFrame) -> pd.Series:
 
 
 def agreement_table(table: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
-    """Per declared class: parcels, parcels compared (agreement not null), agreeing, share."""
+    """Per declared class: parcels, parcels compared (agreement not null), agreeing, share (and the
+    shares of the homogenized and soft rules when the table has them)."""
     flag = _flag(table)
+    rules = [c for c in ("homogenized_agreement", "soft_agreement") if c in table.columns]
     rows = []
     for k, name in enumerate(class_names):
         sel = table["declared_class"].to_numpy() == k
@@ -148,11 +150,16 @@ def agreement_table(table: pd.DataFrame, class_names: Sequence[str]) -> pd.DataF
         compared = int(f.notna().sum())
         agree = int(f.fillna(False).sum())
         if sel.sum():
-            rows.append({"declared_class": k, "declared_name": name, "n_parcels": int(sel.sum()),
-                         "n_compared": compared, "n_agree": agree,
-                         "agreement_share": agree / compared if compared else math.nan})
+            row = {"declared_class": k, "declared_name": name, "n_parcels": int(sel.sum()),
+                   "n_compared": compared, "n_agree": agree,
+                   "agreement_share": agree / compared if compared else math.nan}
+            for c in rules:  # the other rules of predict's parcel table, when it has them
+                g = table[c].astype("boolean")[sel]
+                row[c.replace("_agreement", "_share")] = float(g.fillna(False).sum() / g.notna().sum()) \
+                    if g.notna().sum() else math.nan
+            rows.append(row)
     return pd.DataFrame(rows, columns=["declared_class", "declared_name", "n_parcels", "n_compared", "n_agree",
-                                       "agreement_share"])
+                                       "agreement_share", *[c.replace("_agreement", "_share") for c in rules]])
 
 
 def parcel_confusion_matrix(table: pd.DataFrame, n_classes: int) -> np.ndarray:

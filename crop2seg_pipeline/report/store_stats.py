@@ -8,10 +8,10 @@
    fraction ``clear`` is at least ``min_clear`` (the store keeps no per-pixel cloud mask, so a
    usable date counts every valid pixel of the patch; with the default 0.9 at most 10 % of a
    patch's pixels on a used date can be cloudy);
-2. one task per patch (:func:`patch_summary`) reads that patch's ``s2``, ``label`` and
-   ``parcel_id`` chunks (one Zarr chunk each) and returns per class/date/feature moments, class
-   pixel counts and the patch's (class, parcel id) codes;
-3. the results are added up in a tree of :func:`combine_summaries` tasks (``split_every`` at a
+2. one task per patch (:func:`~crop2seg_pipeline.graph.store_report.patch_summary`) reads that
+   patch's ``s2``, ``label`` and ``parcel_id`` chunks (one Zarr chunk each) and returns per
+   class/date/feature moments, class pixel counts and the patch's (class, parcel id) codes;
+3. the results are added up in a tree of ``combine_summaries`` tasks (``split_every`` at a
    time), so a worker holds one patch or a few small summaries, never the store.
 """
 
@@ -28,21 +28,15 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ReportError, StoreError
-from ..kernels.profiles import (
-    NDVI,
-    class_date_moments,
-    class_parcel_codes,
-    decode_parcel_codes,
-    feature_bands,
-    moments_to_mean_std,
-)
+from ..graph.store_report import summary_tree
+from ..kernels.profiles import NDVI, decode_parcel_codes, feature_bands, moments_to_mean_std
 from ..nomenclature import CLASS_NAMES
 from ..store import open_store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StoreStats", "check_store", "store_statistics", "store_statistics_graph", "patch_summary", "combine_summaries",
-           "DEFAULT_BANDS", "DEFAULT_MIN_CLEAR", "SPLIT_ORDER"]
+__all__ = ["StoreStats", "check_store", "store_statistics", "store_statistics_graph", "DEFAULT_BANDS",
+           "DEFAULT_MIN_CLEAR", "SPLIT_ORDER"]
 
 #: Bands profiled besides NDVI by default (red, near infrared, short-wave infrared).
 DEFAULT_BANDS: tuple[str, ...] = ("B04", "B08", "B11")
@@ -112,37 +106,6 @@ class StoreStats:
         for s, name in enumerate(self.splits):
             data[f"parcels_{name}"] = self.parcels[s]
         return pd.DataFrame(data)
-
-
-# ----------------------------------------------------------------------------- task bodies
-
-
-def patch_summary(
-    s2: np.ndarray, label: np.ndarray, parcel_id: np.ndarray, *, date_index: np.ndarray, split: int,
-    n_splits: int, n_dates: int, n_classes: int, band_index: dict[str, int], features: tuple[str, ...],
-) -> dict:
-    """Dask task: the summary of one patch (blocks of one patch each: (1, T, B, y, x), (1, y, x))."""
-    s2, label, parcel_id = s2[0], label[0], parcel_id[0]
-    pixels = np.zeros((n_splits, n_classes), dtype=np.int64)
-    lab = label.ravel()
-    pixels[split] = np.bincount(lab[lab < n_classes], minlength=n_classes)
-    return {
-        "moments": class_date_moments(s2, label, date_index, n_dates, n_classes, band_index, features),
-        "pixels": pixels,
-        "parcels": {split: class_parcel_codes(label, parcel_id)},
-    }
-
-
-def combine_summaries(*parts: dict) -> dict:
-    """Dask task: add up patch summaries (moments and pixels summed, parcel codes united per split)."""
-    out = {"moments": parts[0]["moments"].copy(), "pixels": parts[0]["pixels"].copy(),
-           "parcels": dict(parts[0]["parcels"])}
-    for p in parts[1:]:
-        out["moments"] += p["moments"]
-        out["pixels"] += p["pixels"]
-        for s, codes in p["parcels"].items():
-            out["parcels"][s] = np.union1d(out["parcels"][s], codes) if s in out["parcels"] else codes
-    return out
 
 
 # ----------------------------------------------------------------------------- the graph
@@ -227,25 +190,12 @@ def store_statistics_graph(
     s2_blocks = ds["s2"].data.to_delayed().ravel()
     label_blocks = ds["label"].data.to_delayed().ravel()
     pid_blocks = ds["parcel_id"].data.to_delayed().ravel()
-    name = dask.base.tokenize(str(path), min_clear, features, patches)
-    level = [
-        dask.delayed(patch_summary, pure=True)(
-            s2_blocks[i], label_blocks[i], pid_blocks[i],
-            date_index=np.where(meta.usable[i], meta.date_index[i], -1), split=int(meta.split_ids[i]),
-            n_splits=S, n_dates=D, n_classes=K, band_index=band_index, features=features,
-            dask_key_name=f"report-patch-{name}-{i}",
-        )
-        for i in range(len(s2_blocks))
-    ]
-    depth = 0
-    while len(level) > 1:
-        level = [
-            dask.delayed(combine_summaries, pure=True)(*level[k : k + split_every],
-                                                        dask_key_name=f"report-combine-{name}-{depth}-{k}")
-            for k in range(0, len(level), split_every)
-        ]
-        depth += 1
-    return level[0], ds, meta, features
+    total = summary_tree(
+        s2_blocks, label_blocks, pid_blocks, np.where(meta.usable, meta.date_index, -1), meta.split_ids,
+        n_splits=S, n_dates=D, n_classes=K, band_index=band_index, features=features,
+        name=dask.base.tokenize(str(path), min_clear, features, patches), split_every=split_every,
+    )
+    return total, ds, meta, features
 
 
 def store_statistics(

@@ -35,6 +35,7 @@ _LAZY = {
     "predict_cube": "crop2seg_pipeline.predict",
     "make_demo_scene": "crop2seg_pipeline.demo",
     "connect": "crop2seg_pipeline.cluster",
+    "make_report": "crop2seg_pipeline.report",
     "Grid": "crop2seg_pipeline.grid",
     # a weights folder -> nn.Module in eval mode, metadata on model.meta (any architecture)
     "load_model": "crop2seg_pipeline.models.checkpoint",

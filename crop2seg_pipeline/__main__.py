@@ -13,6 +13,7 @@ from .cli.evaluate import evaluate_cmd
 from .cli.predict import predict_cmd
 from .cli.safe import index_safe_cmd
 from .cli.search import search_cmd
+from .cli.report import report_cmd
 from .cli.train import train_cmd
 
 
@@ -31,6 +32,7 @@ main.add_command(search_cmd, "search")
 main.add_command(download_cmd, "download")
 main.add_command(index_safe_cmd, "index-safe")
 main.add_command(app_cmd, "app")
+main.add_command(report_cmd, "report")
 
 if __name__ == "__main__":
     main()

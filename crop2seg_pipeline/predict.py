@@ -52,6 +52,7 @@ from .grid import grid_of_items
 from .items import normalize_items, require_single_crs, select_items
 from .kernels.windows import classes_of, confidence_of, date_positions
 from .models.spec import ModelSpec, read_model_spec
+from .predict_outputs import PredictExtras
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +330,12 @@ def _clear_dates(src: CubeSource, spec: ModelSpec, chunksize: int, client: Any,
     return np.flatnonzero(keep).tolist(), dropped
 
 
+def _share(flags: Any) -> float | None:
+    """Share of True among the non-null flags (None when all are null)."""
+    f = flags.dropna()
+    return float(f.astype(bool).mean()) if len(f) else None
+
+
 def predict(
     items: Any,
     weights_dir: str | os.PathLike,
@@ -348,6 +355,8 @@ def predict(
     device: str = "auto",
     chunksize: int = 512,
     probabilities: bool = False,
+    polygons: bool = False,
+    min_polygon_area: float = 5000.0,
     client: Any = None,
     progress: Callable[[str], None] | None = None,
 ) -> PredictSummary:
@@ -362,8 +371,8 @@ def predict(
         Weights folder (``weights.pt`` + ``model.json``).
     out_dir
         Output folder (created): ``classes.tif``, ``confidence.tif``, ``quicklook.png``,
-        ``summary.json``; ``parcels.gpkg`` with ``parcels``; ``probabilities.zarr`` with
-        ``probabilities``.
+        ``summary.json``; ``parcels.gpkg`` with ``parcels``; ``probabilities.zarr`` and
+        ``probabilities.tif`` with ``probabilities``; ``polygons.gpkg`` with ``polygons``.
     parcels, mapping, id_column, crop_column, layer
         Optional LPIS parcels and how to read them (see :func:`~crop2seg_pipeline.parcels.read_parcels`).
     bbox, bbox_crs, start, end
@@ -374,7 +383,11 @@ def predict(
         Largest side of a spatial chunk in pixels: the unit of work and of worker memory. Small
         areas are cut finer (down to one window) so that every worker thread has work.
     probabilities
-        Also write per-class probabilities to ``probabilities.zarr``.
+        Also write per-class probabilities to ``probabilities.zarr`` (float32) and
+        ``probabilities.tif`` (uint8 COG, probability x 255, bands sum to 255).
+    polygons, min_polygon_area
+        Also write the class map's polygons (Background dropped, area > ``min_polygon_area`` m2)
+        to ``polygons.gpkg`` (see :mod:`crop2seg_pipeline.predict_outputs`).
     client
         A ``distributed.Client``; None runs on the current default Dask scheduler.
     progress
@@ -390,6 +403,8 @@ def predict(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise Crop2SegError(f"--out {out} exists and is not a folder")
+    if not min_polygon_area >= 0:
+        raise Crop2SegError(f"--min-polygon-area must be >= 0 m2, got {min_polygon_area}")
 
     # 1. model and inputs, all checked before anything is computed or written
     spec = read_model_spec(weights_dir)
@@ -423,12 +438,15 @@ def predict(
     if probabilities:
         prob_store = str(out / "probabilities.zarr")
         create_probability_store(prob_store, grid, spec.class_names, (ychunks, xchunks))
+    extras = PredictExtras(out, grid, spec.class_names, probabilities=probabilities, polygons=polygons,
+                           parcels=gdf is not None, min_polygon_area=min_polygon_area)
     yb, xb = bounds(ychunks), bounds(xchunks)
     blocks = probs.to_delayed()
     tasks = [
         dask.delayed(finish_chunk, pure=True)(
             blocks[0, i, j], None if pid_blocks is None else pid_blocks[i, j],
             n_classes=spec.n_classes, y0=yb[i], x0=xb[j], prob_store=prob_store, device_of=device,
+            extras=extras.options if extras.active else None,
             dask_key_name=f"finish-{probs.name}-{i}-{j}",
         )
         for i in range(len(ychunks)) for j in range(len(xchunks))
@@ -440,7 +458,7 @@ def predict(
     pc: list[tuple] = []
     devices: set[str] = set()
     with TiledRaster(out / "classes.tif", grid, kind="classes", class_names=spec.class_names) as cls_out, \
-            TiledRaster(out / "confidence.tif", grid, kind="confidence") as conf_out:
+            TiledRaster(out / "confidence.tif", grid, kind="confidence") as conf_out, extras:
 
         def on_result(_: int, r: dict) -> None:
             cls_out.write(r["class"], r["y0"], r["x0"])
@@ -450,18 +468,24 @@ def predict(
             if "parcel_hist" in r:
                 ph.append(r["parcel_hist"])
                 pc.append(r["parcel_conf"])
+            extras.on_result(r)
 
         run_tasks(tasks, client, label="predict", say=say, on_result=on_result)
+    extras.finish_polygons(
+        lambda ts, cb: run_tasks(ts, client, label="polygons", say=say, on_result=lambda _, r: cb(r), unit="classes"),
+        say)
     files = {"classes": str(out / "classes.tif"), "confidence": str(out / "confidence.tif")}
     if prob_store:
         finalize_probability_store(prob_store)
         files["probabilities"] = prob_store
+    files.update(extras.files)
 
     # 5. parcels, quicklook, summary
     area = {name: round(float(n) * grid.resolution**2 / 1e4, 4) for name, n in zip(spec.class_names, hist)}
     parcel_summary = None
     if gdf is not None:
-        table = parcel_table(gdf, ph, pc, spec.class_names, ignore_index=spec.ignore_index)
+        table = extras.parcel_columns(parcel_table(gdf, ph, pc, spec.class_names, ignore_index=spec.ignore_index),
+                                      ph, spec.ignore_index)
         target = out / "parcels.gpkg"
         if target.exists():
             target.unlink()
@@ -473,6 +497,8 @@ def predict(
             "n_with_pixels": int((table["n_pixels"] > 0).sum()),
             "n_compared": int(len(compared)),
             "agreement_share": float(compared.astype(bool).mean()) if len(compared) else None,
+            "homogenized_agreement_share": _share(table["homogenized_agreement"]),
+            "soft_agreement_share": _share(table["soft_agreement"]),
         }
     files["quicklook"] = str(out / "quicklook.png")
     write_quicklook(out / "classes.tif", out / "quicklook.png", spec.class_names, hist,
@@ -487,6 +513,7 @@ def predict(
         dashboard=getattr(client, "dashboard_link", None),
         settings={"weights": spec.weights_dir, "overlap": overlap, "batch_size": batch_size, "device": device,
                   "chunksize": chunksize, "patch_size": spec.patch_size, "bbox": list(bbox) if bbox else None,
+                  "probabilities": probabilities, "polygons": polygons, "min_polygon_area": min_polygon_area,
                   "start": None if start is None else str(start), "end": None if end is None else str(end)},
     )
     files["summary"] = str(out / "summary.json")

@@ -34,7 +34,7 @@ from .errors import Crop2SegError
 #: Keys shared by the commands, at the top level of a workflow.
 TOP_LEVEL = {"name", "description", "cluster", "items", "parcels", "mapping", "id_column", "crop_column",
              "layer", "bbox", "bbox_crs", "start", "end", "workdir", "demo_size",
-             "build", "train", "evaluate", "predict", "demo_scene", "search", "download", "app"}
+             "build", "train", "evaluate", "predict", "demo_scene", "search", "download", "app", "report"}
 #: Which top-level keys each command takes, and where its own section is.
 COMMANDS: dict[str, dict[str, Any]] = {
     "build-dataset": {"section": "build", "shared": ["cluster", "items", "parcels", "mapping", "id_column",
@@ -52,6 +52,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
     "index-safe": {"section": None, "shared": []},
     "app": {"section": "app", "shared": ["cluster", "items", "parcels", "mapping", "id_column", "crop_column", "layer",
                                          "demo_size"]},
+    "report": {"section": "report", "shared": ["cluster"]},
 }
 
 

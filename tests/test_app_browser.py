@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import re
+import time
 import shutil
 import signal
 import subprocess
@@ -246,14 +247,27 @@ def set_layer(page, label: str, on: bool) -> None:
 
 
 def set_opacity(page, value: float) -> None:
-    """Click the opacity slider's track where ``value`` lies (its ends for 0 and 1), as a user would."""
-    track = page.locator(".c2s-opacity .noUi-base").bounding_box()
-    f = min(max(value, 0.002), 0.998)
-    page.mouse.click(track["x"] + f * track["width"], track["y"] + track["height"] / 2)
+    """Click the opacity slider's track where ``value`` lies (its ends for 0 and 1), as a user would.
+
+    A click that lands while the page is busy (a loaded machine) can be lost: click again until the
+    slider shows the value, within a generous deadline (no race on a fixed wait).
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect
 
     number = re.escape(f"{value:g}")
-    expect(page.locator(".c2s-opacity .noUi-handle")).to_have_attribute("aria-valuenow", re.compile(rf"^{number}(\.0*)?$"))
+    handle = page.locator(".c2s-opacity .noUi-handle")
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while True:
+        track = page.locator(".c2s-opacity .noUi-base").bounding_box()
+        f = min(max(value, 0.002), 0.998)
+        page.mouse.click(track["x"] + f * track["width"], track["y"] + track["height"] / 2)
+        try:
+            expect(handle).to_have_attribute("aria-valuenow", re.compile(rf"^{number}(\.0*)?$"), timeout=10_000)
+            break
+        except (AssertionError, PlaywrightTimeout):
+            if time.monotonic() > deadline:
+                raise
     wait_drawn(page, alpha=value)
 
 

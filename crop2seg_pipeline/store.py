@@ -161,14 +161,14 @@ def create_skeleton(
 def write_patches(
     path: str | os.PathLike,
     index: Sequence[int],
-    s2: np.ndarray,
-    label: np.ndarray,
-    parcel_id: np.ndarray,
+    s2: np.ndarray | Sequence[np.ndarray],
+    label: np.ndarray | Sequence[np.ndarray],
+    parcel_id: np.ndarray | Sequence[np.ndarray],
 ) -> None:
     """Write whole patches (whole chunks) at store positions ``index``.
 
-    ``s2`` is (k, T_tile, band, y, x); it is zero-padded to the store's time length so each
-    write covers its chunk entirely.
+    ``s2[k]`` is patch k's (T_tile, band, y, x) (a stacked array or a list of views); it is
+    zero-padded to the store's time length so each write covers its chunk entirely.
     """
     g = zarr.open_group(str(path), mode="r+", zarr_format=3)
     arr_s2, arr_label, arr_pid = g["s2"], g["label"], g["parcel_id"]

@@ -19,7 +19,7 @@ import dask
 import numpy as np
 
 from ..blocks import CubeSource, read_block, read_scl
-from ..kernels.patches import Moments, cut_patches, patch_class_counts, patch_fraction
+from ..kernels.patches import Moments, patch_class_counts, patch_fraction, patch_mask, patch_views
 from ..kernels.s2 import clear_mask
 from ..store import write_marker, write_patches
 
@@ -107,14 +107,16 @@ def pass2_chunk(
         whether it is in the train split (its pixels feed the normalization moments).
     """
     s2, scl = read_block(src, window, dates, scl=True)
-    s2p = cut_patches(s2, rows, cols, patch_size)
-    write_patches(store, index, s2p, cut_patches(label, rows, cols, patch_size),
-                  cut_patches(parcel_id, rows, cols, patch_size))
+    # patches written from views of the block (zarr makes each chunk contiguous as it encodes it)
+    write_patches(store, index, patch_views(s2, rows, cols, patch_size), patch_views(label, rows, cols, patch_size),
+                  patch_views(parcel_id, rows, cols, patch_size))
     tr = np.asarray(train, dtype=bool)
     moments = Moments.zeros(s2.shape[1])
-    if tr.any():
-        clear = cut_patches(clear_mask(scl, unclear), rows, cols, patch_size)
-        moments = Moments.of(s2p[tr], clear[tr], step=MOMENTS_STEP)
+    if tr.any():  # the clear pixels of the train patches, straight on the block: no copy of the patches
+        train_px = patch_mask(s2.shape[-2:], np.asarray(rows)[tr], np.asarray(cols)[tr], patch_size)
+        clear = clear_mask(scl, unclear)
+        clear &= train_px
+        moments = Moments.of(s2[None], clear[None], step=MOMENTS_STEP)
     info = {"index": list(index), "moments": moments.to_dict()}
     write_marker(store, key, info)
-    return {"key": key, "n": len(index), "pixels": int(s2p.size)}
+    return {"key": key, "n": len(index), "pixels": len(index) * int(np.prod(s2.shape[:2])) * patch_size**2}

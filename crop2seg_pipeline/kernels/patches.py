@@ -50,6 +50,21 @@ def patch_fraction(mask: np.ndarray, patch_size: int) -> np.ndarray:
     return v.mean(axis=(-1, -2), dtype=np.float64).astype(np.float32)
 
 
+def patch_views(block: np.ndarray, rows: Sequence[int], cols: Sequence[int], patch_size: int) -> list[np.ndarray]:
+    """Views (no copy) of the patches at local patch positions ``(rows[k], cols[k])`` of a (..., H, W) block."""
+    p = patch_size
+    return [block[..., r * p : (r + 1) * p, c * p : (c + 1) * p] for r, c in zip(rows, cols)]
+
+
+def patch_mask(shape: tuple[int, int], rows: Sequence[int], cols: Sequence[int], patch_size: int) -> np.ndarray:
+    """(H, W) bool: True on the pixels of the patches at ``(rows[k], cols[k])``."""
+    p = patch_size
+    mask = np.zeros(shape, dtype=bool)
+    for r, c in zip(rows, cols):
+        mask[r * p : (r + 1) * p, c * p : (c + 1) * p] = True
+    return mask
+
+
 def cut_patches(block: np.ndarray, rows: Sequence[int], cols: Sequence[int], patch_size: int) -> np.ndarray:
     """Stack the patches at local patch positions ``(rows[k], cols[k])`` of a (..., H, W) block."""
     p = patch_size

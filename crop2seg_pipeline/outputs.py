@@ -53,7 +53,7 @@ class TiledRaster:
     Parameters
     ----------
     path
-        Final COG path; a temporary ``.<name>.partial.tif`` is written beside it.
+        Final COG path; a temporary ``.<name>.tiles.tif`` is written beside it.
     grid
         The pixel grid (CRS, transform, shape) copied exactly.
     kind
@@ -67,7 +67,7 @@ class TiledRaster:
         if kind not in ("classes", "confidence"):
             raise ValueError(f"kind must be 'classes' or 'confidence', got {kind!r}")
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.stem}.partial.tif")
+        self.tmp = self.path.with_name(f".{self.path.name}.tiles.tif")
         self.grid = grid
         self.kind = kind
         self.class_names = list(class_names)

@@ -560,7 +560,7 @@ def test_store_from_two_tiles_with_different_date_counts(tmp_path):
     gpd.GeoDataFrame(pd.concat([pa, pb], ignore_index=True), crs=pa.crs).to_file(parcels, layer="parcels")
     out = tmp_path / "two.zarr"
     summary = build_dataset([str(a.items), str(b.items)], parcels, out, mapping=a.mapping, patch_size=64,
-                            chunk_patches=2, min_crop_cover=0.3, split_block=2)
+                            chunksize=128, min_crop_cover=0.3, split_block=2)
     assert summary.tiles == ["33UVR", "33UWQ"]
     ds = open_store(out)
     tiles = np.array([str(t) for t in ds["tile"].values])

@@ -86,7 +86,7 @@ def test_interrupted_download_resumes_and_builds_the_same_store(demo_scene, tmp_
             mirror(remote_items(demo_scene, srv2.url), tmp_path / "clean", policy=FAST)
     assert _files(tmp_path / "m") == _files(tmp_path / "clean")
     assert not list((tmp_path / "m").rglob("*.part"))
-    opts = dict(mapping=demo_scene.mapping, patch_size=64, chunk_patches=2, min_crop_cover=0.3, split_block=2)
+    opts = dict(mapping=demo_scene.mapping, patch_size=64, chunksize=128, min_crop_cover=0.3, split_block=2)
     build_dataset(str(tmp_path / "m" / "items.json"), demo_scene.parcels, tmp_path / "mirror.zarr", **opts)
     build_dataset(demo_scene.items, demo_scene.parcels, tmp_path / "orig.zarr", **opts)
     a, b = open_store(tmp_path / "mirror.zarr"), open_store(tmp_path / "orig.zarr")

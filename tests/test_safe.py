@@ -56,7 +56,7 @@ def test_safe_scene_builds_the_same_store_as_the_cog_scene(scenes, tmp_path):
     from crop2seg_pipeline.store import open_store
 
     cog, safe, zipped = scenes
-    opts = dict(mapping=cog.mapping, patch_size=64, chunk_patches=2, min_crop_cover=0.3, split_block=2)
+    opts = dict(mapping=cog.mapping, patch_size=64, chunksize=128, min_crop_cover=0.3, split_block=2)
     build_dataset(cog.items, cog.parcels, tmp_path / "cog.zarr", **opts)
     build_dataset(str(safe.root / "S2"), safe.parcels, tmp_path / "safe.zarr", **opts)  # products as --items
     build_dataset(zipped.items, zipped.parcels, tmp_path / "zip.zarr", **opts)  # zips, through items.json

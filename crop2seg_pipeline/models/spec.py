@@ -17,6 +17,7 @@ import numpy as np
 
 from ..kernels.windows import date_positions
 from ..nomenclature import BANDS, CLASS_NAMES, DEFAULT_UNCLEAR_SCL, NOT_CLASSIFIED
+from .presets import downscale_of
 
 __all__ = ["ModelSpec", "read_model_spec"]
 
@@ -118,7 +119,7 @@ def read_model_spec(weights_dir: str | os.PathLike) -> ModelSpec:
         ref = dt.date.fromisoformat(str(meta["reference_date"])[:10]).isoformat()
     except ValueError:
         raise CheckpointError(f"{model_json}: reference_date {meta['reference_date']!r} is not an ISO date") from None
-    downscale = int(meta["config"].get("str_conv_s", 2)) ** (len(meta["config"].get("encoder_widths", [0] * 4)) - 1)
+    downscale = downscale_of(meta["config"])
     patch = int(meta.get("patch_size", 128))
     if patch < downscale or patch % downscale:
         raise CheckpointError(f"{model_json}: patch_size {patch} is not a multiple of the model's {downscale}")

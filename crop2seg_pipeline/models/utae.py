@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from crop2seg_pipeline.errors import Crop2SegError
 
 from .ltae import LTAE2d
+from .presets import PRESETS, downscale_of  # noqa: F401  (PRESETS re-exported here)
 
 __all__ = [
     "UTAE",
@@ -455,24 +456,8 @@ class UTAE(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Presets and helpers
+# Presets and helpers (the presets themselves are data, in presets.py: no torch needed to read them)
 # --------------------------------------------------------------------------------------------
-
-#: Named configurations (without the class count): "utae" is the published PASTIS setup,
-#: "utae-small" (~90 k parameters) trains in minutes on a laptop CPU.
-PRESETS: dict[str, dict[str, Any]] = {
-    "utae": dict(
-        encoder_widths=[64, 64, 64, 128], decoder_widths=[32, 32, 64, 128], out_conv=[32],
-        str_conv_k=4, str_conv_s=2, str_conv_p=1, agg_mode="att_group", encoder_norm="group",
-        n_head=16, d_model=256, d_k=4, pad_value=0, padding_mode="reflect",
-    ),
-    "utae-small": dict(
-        encoder_widths=[16, 16, 16, 32], decoder_widths=[16, 16, 16, 32], out_conv=[16],
-        str_conv_k=4, str_conv_s=2, str_conv_p=1, agg_mode="att_group", encoder_norm="group",
-        n_head=8, d_model=64, d_k=4, pad_value=0, padding_mode="reflect",
-    ),
-}
-
 
 def build_model(name: str, n_classes: int, input_dim: int = 10, **overrides: Any) -> UTAE:
     """Build a preset U-TAE.

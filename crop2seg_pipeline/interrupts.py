@@ -124,9 +124,17 @@ def deferred(block_sigint: bool = False) -> Iterator[None]:
     """
     main = threading.current_thread() is threading.main_thread()
     old_mask = None
+    block = block_sigint and main and hasattr(signal, "pthread_sigmask")
+    if block:
+        # multiprocessing's resource tracker, when a thread starts it, UNblocks SIGINT and SIGTERM
+        # in that thread afterwards (resource_tracker.ensure_running): started here first, the
+        # cluster's threads find it running and keep the block they inherited
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
     _State.deferring += 1
     try:
-        if block_sigint and main and hasattr(signal, "pthread_sigmask"):
+        if block:
             old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         yield
     finally:

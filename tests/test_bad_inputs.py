@@ -150,11 +150,11 @@ def test_build_csv_as_parcels(scene, tmp_path):
 
 def test_build_items_in_two_crss_name_an_option_that_exists(scene, tmp_path):
     doc = json.loads(Path(scene.items).read_text())
-    for it in doc["features"][: len(doc["features"]) // 2]:
-        it["properties"]["proj:epsg"] = 32634
-        for a in it["assets"].values():
-            if "proj:epsg" in a:
-                a["proj:epsg"] = 32634
+    for it in doc["features"][: len(doc["features"]) // 2]:  # as if half were the 34U tile's
+        for d in (it["properties"], *it["assets"].values()):
+            for key in ("proj:code", "proj:epsg"):
+                if key in d:
+                    d[key] = "EPSG:32634" if key == "proj:code" else 32634
     items = Path(scene.items).parent / "two-crs-items.json"
     items.write_text(json.dumps(doc))
     try:
@@ -200,7 +200,7 @@ def test_build_cog_disagreeing_with_its_item_is_a_clear_error(scene, tmp_path):
     items = json.loads((root / "items.json").read_text())["features"]
     victim = items[3]
     href = victim["assets"]["B03"]["href"]
-    with rasterio.open(root / href, "r+") as ds:
+    with rasterio.open(root / href, "r+", IGNORE_COG_LAYOUT_BREAK="YES") as ds:
         t = ds.transform
         ds.transform = rasterio.Affine(t.a, t.b, t.c + 1000.0, t.d, t.e, t.f)
     out = tmp_path / "store.zarr"
@@ -274,7 +274,8 @@ def test_predict_never_replaces_a_users_file(scene, tmp_path):
 def test_predict_out_is_a_file(scene, tmp_path):
     (tmp_path / "f").write_text("x")
     res = _cli(_predict_args(scene, tmp_path / "f"))
-    _assert_refused_before_cluster(res, 1, "exists and is not a folder")
+    _assert_refused_before_cluster(res, 2, "Invalid value for '--out'")
+    assert "is a file" in res.output
     assert (tmp_path / "f").read_text() == "x"
 
 
@@ -418,10 +419,11 @@ def test_every_option_named_in_a_message_exists():
 
     import crop2seg_pipeline
 
-    known = {o for cmd in main.commands.values() for p in cmd.params for o in p.opts}
+    known = {o for cmd in main.commands.values() for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
     known |= {"--help", "--workflow"}
-    # options of other programs named in advice (dask scheduler --port, gdal/ogr2ogr), not ours
-    foreign = {"--port"}
+    # options of other programs named in advice and specs (dask scheduler --port, dask worker
+    # --lifetime), not ours
+    foreign = {"--port", "--lifetime", "--lifetime-stagger"}
     root = Path(crop2seg_pipeline.__file__).parent
     named: dict[str, set[str]] = {}
     for f in root.rglob("*.py"):

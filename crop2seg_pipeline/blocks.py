@@ -279,7 +279,7 @@ def _check_against_item(f: _File, ref: AssetRef) -> None:
 
 
 def _fmt(t: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{v:g}" for v in t) + ")"
+    return "(" + ", ".join(f"{v:.12g}" for v in t) + ")"
 
 
 def _open(ref: AssetRef | str) -> _File:

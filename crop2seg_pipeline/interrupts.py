@@ -15,7 +15,9 @@ path handle both) for as long as they run, and exit with 128 + the signal number
 - :func:`pause_point` is the test hook: with ``CROP2SEG_TEST_PAUSE_AT=phase[,phase]`` a command
   prints ``CROP2SEG_TEST_PAUSED <phase>`` to stderr when it reaches that phase and waits there
   for a signal (or for the file named by ``CROP2SEG_TEST_RESUME_FILE`` to appear), so tests
-  interrupt a given phase without racing on sleeps.
+  interrupt a given phase without racing on sleeps. :func:`hold_point` is its twin inside
+  tasks (``CROP2SEG_TEST_HOLD_AT=pass2:3``: each worker runs 3 pass-2 tasks, then waits), so a
+  test interrupts a pass with an exact amount of it done.
 
 Library code never installs handlers; without them (a notebook), Python's own SIGINT handling
 applies and :func:`deferred` only adds the SIGINT block.
@@ -31,10 +33,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ["Interrupted", "signals_as_exceptions", "deferred", "pause_point", "PAUSE_ENV", "RESUME_ENV"]
+__all__ = ["Interrupted", "signals_as_exceptions", "deferred", "pause_point", "hold_point", "PAUSE_ENV", "HOLD_ENV",
+           "RESUME_ENV"]
 
 #: Environment variable naming the phases where a command pauses (tests only).
 PAUSE_ENV = "CROP2SEG_TEST_PAUSE_AT"
+#: Environment variable naming tasks that hold after a number of them ran (tests only).
+HOLD_ENV = "CROP2SEG_TEST_HOLD_AT"
 #: Environment variable naming a file whose appearance ends a pause (tests only).
 RESUME_ENV = "CROP2SEG_TEST_RESUME_FILE"
 #: The longest a pause waits (a test that forgot to signal must not hang forever).
@@ -148,6 +153,34 @@ def deferred(block_sigint: bool = False) -> Iterator[None]:
 def interrupt_pending() -> bool:
     """Whether a signal is being held back by :func:`deferred`."""
     return _State.pending is not None
+
+
+def hold_point(name: str) -> None:
+    """The test hook inside tasks: with ``CROP2SEG_TEST_HOLD_AT=name:k`` every task of ``name``
+    after the first ``k`` of this process (a worker) waits for :data:`RESUME_ENV`'s file (at
+    most :data:`PAUSE_MAX_S`), printing ``CROP2SEG_TEST_HELD <name>`` once; so a test knows
+    exactly how much of a pass is done when it interrupts or kills it."""
+    wanted = os.environ.get(HOLD_ENV)
+    if not wanted:
+        return
+    spec = dict(part.split(":", 1) for part in wanted.split(",") if ":" in part)
+    if name not in spec:
+        return
+    with _HOLD_LOCK:
+        _HOLD_COUNT[name] = _HOLD_COUNT.get(name, 0) + 1
+        if _HOLD_COUNT[name] <= int(spec[name]):
+            return
+        if _HOLD_COUNT[name] == int(spec[name]) + 1:
+            sys.stderr.write(f"CROP2SEG_TEST_HELD {name}\n")
+            sys.stderr.flush()
+    resume = os.environ.get(RESUME_ENV)
+    deadline = time.monotonic() + PAUSE_MAX_S
+    while time.monotonic() < deadline and not (resume and os.path.exists(resume)):
+        time.sleep(0.02)
+
+
+_HOLD_COUNT: dict[str, int] = {}
+_HOLD_LOCK = threading.Lock()
 
 
 def pause_point(phase: str) -> None:

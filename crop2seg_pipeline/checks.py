@@ -131,21 +131,20 @@ def check_bbox(bbox: Sequence[float] | None, crs: Any = "EPSG:4326", *, antimeri
 
 def check_fraction(value: float | None, option: str) -> float | None:
     """A share in 0..1 (None stays None)."""
-    if value is None:
-        return None
-    v = float(value)
-    if not (0.0 <= v <= 1.0):
-        raise Crop2SegError(f"{option} is a fraction in 0..1, got {value:g}")
-    return v
+    return _in_range(value, option, 1.0, "a fraction")
 
 
 def check_percent(value: float | None, option: str) -> float | None:
     """A percentage in 0..100 (None stays None)."""
+    return _in_range(value, option, 100.0, "a percentage")
+
+
+def _in_range(value: float | None, option: str, hi: float, what: str) -> float | None:
     if value is None:
         return None
     v = float(value)
-    if not (0.0 <= v <= 100.0):
-        raise Crop2SegError(f"{option} is a percentage in 0..100, got {value:g}")
+    if not (0.0 <= v <= hi):
+        raise Crop2SegError(f"{option} is {what} in 0..{hi:g}, got {value:g}")
     return v
 
 

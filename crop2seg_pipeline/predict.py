@@ -430,25 +430,10 @@ def predict(
     weights_dir: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     *,
-    parcels: str | os.PathLike | None = None,
-    mapping: str | os.PathLike | None = None,
-    id_column: str | None = "ID_DPB",
-    crop_column: str = "KOD_PLODINY",
-    layer: str | None = None,
-    bbox: Sequence[float] | None = None,
-    bbox_crs: Any = "EPSG:4326",
-    start: Any = None,
-    end: Any = None,
-    epsg: int | None = None,
-    antimeridian: bool = False,
-    overlap: int = 32,
-    batch_size: int = 8,
-    device: str = "auto",
-    chunksize: int = 512,
-    probabilities: bool = False,
     client: Any = None,
     progress: Callable[[str], None] | None = None,
     plan: PredictPlan | None = None,
+    **options: Any,
 ) -> PredictSummary:
     """Predict crop classes over the area of ``items`` and write the outputs to ``out_dir``.
 
@@ -465,27 +450,21 @@ def predict(
         ``parcels``; ``probabilities.zarr`` with ``probabilities``; ``manifest.json`` lists
         them. Other files in the folder are never touched; a file under one of these names that
         this package did not write refuses the run (:mod:`crop2seg_pipeline.manifest`).
-    parcels, mapping, id_column, crop_column, layer
-        Optional LPIS parcels and how to read them (see :func:`~crop2seg_pipeline.parcels.read_parcels`).
-    bbox, bbox_crs, start, end
-        Optional area and date range.
-    epsg
-        CRS of the output grid (EPSG code) when the items are in several; default their one CRS.
-    antimeridian
-        ``bbox`` (lon/lat) crosses the 180th meridian.
-    overlap, batch_size, device
-        See :func:`predict_cube`.
-    chunksize
-        Side of a spatial chunk in pixels: the unit of work and of worker memory.
-    probabilities
-        Also write per-class probabilities to ``probabilities.zarr``.
     client
         A ``distributed.Client``; None runs on the current default Dask scheduler.
     progress
         Callable receiving progress lines (default: logging).
     plan
         The :func:`plan_prediction` of these arguments when the caller made it already (the
-        command does, before it starts the cluster); the other arguments are then ignored.
+        command does, before it starts the cluster); ``items``, ``weights_dir``, ``out_dir``
+        and ``options`` are then not given.
+    **options
+        The keyword arguments of :func:`plan_prediction`: ``parcels``, ``mapping``,
+        ``id_column``, ``crop_column``, ``layer`` (the LPIS parcels to score and how to read
+        them), ``bbox``, ``bbox_crs``, ``start``, ``end`` (area and dates), ``epsg`` (CRS of
+        the output grid when the items are in several), ``antimeridian``, ``overlap``,
+        ``batch_size``, ``device`` (see :func:`predict_cube`), ``chunksize`` (the unit of work
+        and of worker memory), ``probabilities``.
 
     Raises
     ------
@@ -505,11 +484,7 @@ def predict(
         target = plan.folder.folder
     with writer_lock(target, COMMAND, "prediction folder"):
         if plan is None:
-            plan = plan_prediction(items, weights_dir, out_dir, parcels=parcels, mapping=mapping, id_column=id_column,
-                                   crop_column=crop_column, layer=layer, bbox=bbox, bbox_crs=bbox_crs, start=start,
-                                   end=end, epsg=epsg, antimeridian=antimeridian, overlap=overlap,
-                                   batch_size=batch_size, device=device, chunksize=chunksize,
-                                   probabilities=probabilities)
+            plan = plan_prediction(items, weights_dir, out_dir, **options)
         return _predict(plan, client, say, t_start)
 
 

@@ -6,8 +6,9 @@
 For each scene size, on the same LocalCluster (2 workers x 1 thread, memory limit per worker):
 
 - pipeline: the whole build (pass 1 + pass 2, every patch kept) through ``build_dataset``;
-- raw I/O: the same COG windows read with rasterio (20 m bands repeated 2 x 2 to 10 m), cut into
-  the same patches and written to a Zarr v3 array with the same codec, one task per chunk.
+- raw I/O (``benchmarks/rawio.py``): the same COG windows read with rasterio (20 m bands repeated
+  2 x 2 to 10 m, files kept open), cut into the same patches and written to a Zarr v3 array with
+  the same codec, one task per chunk.
 
 Prints a table and writes ``benchmarks/results/build.json``. Throughput is Mpixel x dates / s.
 """
@@ -15,74 +16,19 @@ Prints a table and writes ``benchmarks/results/build.json``. Throughput is Mpixe
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-import dask
-import numpy as np
-import rasterio
-import zarr
 from distributed import Client, LocalCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import MemorySampler, now, print_table, write_json  # noqa: E402
+from rawio import raw_tasks  # noqa: E402
 
 from crop2seg_pipeline.build import build_dataset  # noqa: E402
 from crop2seg_pipeline.demo import make_demo_scene  # noqa: E402
-from crop2seg_pipeline.nomenclature import BANDS  # noqa: E402
-from crop2seg_pipeline.store import CODEC  # noqa: E402
-
-
-def _raw_chunk(paths: list[dict], offsets: list[int], out: str, index0: int, r0: int, c0: int, n_rows: int, n_cols: int, p: int) -> int:
-    """Read one chunk's windows straight from the COGs and write its patches (raw I/O baseline)."""
-    t = len(paths)
-    h, w = n_rows * p, n_cols * p
-    block = np.zeros((t, len(BANDS), h, w), np.uint16)
-    for ti, item in enumerate(paths):
-        for b, band in enumerate(BANDS):
-            with rasterio.open(item[band]) as ds:
-                if ds.res[0] == 10:
-                    block[ti, b] = ds.read(1, window=((r0, r0 + h), (c0, c0 + w)))
-                else:
-                    a = ds.read(1, window=((r0 // 2, (r0 + h) // 2), (c0 // 2, (c0 + w) // 2)))
-                    block[ti, b] = np.repeat(np.repeat(a, 2, 0), 2, 1)
-        with rasterio.open(item["SCL"]) as ds:
-            ds.read(1, window=((r0 // 2, (r0 + h) // 2), (c0 // 2, (c0 + w) // 2)))
-        off = offsets[ti]
-        if off:
-            v = block[ti].astype(np.int32) + off
-            np.maximum(v, 1, out=v)
-            v[block[ti] == 0] = 0
-            block[ti] = v
-    arr = zarr.open_array(out, mode="r+")
-    k = index0
-    for i in range(n_rows):
-        for j in range(n_cols):
-            arr[k] = block[:, :, i * p : (i + 1) * p, j * p : (j + 1) * p]
-            k += 1
-    return block.nbytes
-
-
-def raw_baseline(scene, out: str, patch: int, chunk_patches: int, client: Client) -> float:
-    items = json.loads(Path(scene.items).read_text())["features"]
-    root = Path(scene.items).parent
-    paths = [{b: str(root / it["assets"][b]["href"]) for b in (*BANDS, "SCL")} for it in items]
-    offsets = [int(round(it["assets"]["B02"].get("raster:offset", 0) / 1e-4)) for it in items]
-    n_r, n_c = scene.grid.height // patch, scene.grid.width // patch
-    zarr.create_array(out, shape=(n_r * n_c, len(items), len(BANDS), patch, patch), chunks=(1, len(items), len(BANDS), patch, patch),
-                      dtype="uint16", compressors=[CODEC], fill_value=0, zarr_format=3, overwrite=True)
-    tasks, k = [], 0
-    for br in range(0, n_r, chunk_patches):
-        for bc in range(0, n_c, chunk_patches):
-            rows, cols = min(chunk_patches, n_r - br), min(chunk_patches, n_c - bc)
-            tasks.append(dask.delayed(_raw_chunk)(paths, offsets, out, k, br * patch, bc * patch, rows, cols, patch))
-            k += rows * cols
-    t0 = now()
-    client.gather(client.compute(tasks))
-    return now() - t0
 
 
 def main() -> None:
@@ -92,7 +38,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--memory-limit", default="6GB")
     ap.add_argument("--patch-size", type=int, default=128)
-    ap.add_argument("--chunk-patches", type=int, default=4)
+    ap.add_argument("--chunksize", type=int, default=512, help="work chunk side (px)")
     ap.add_argument("--workdir", default=None, help="where scenes are generated (kept between runs)")
     ap.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "build.json"))
     args = ap.parse_args()
@@ -109,12 +55,15 @@ def main() -> None:
                 shutil.rmtree(p, ignore_errors=True)
             client.run(lambda: __import__("gc").collect())
             with MemorySampler(client) as mem_raw:
-                t_raw = raw_baseline(scene, str(out_raw), args.patch_size, args.chunk_patches, client)
+                tasks = raw_tasks(scene.items, str(out_raw), args.patch_size, args.chunksize, size, size)
+                t0 = now()
+                client.gather(client.compute(tasks))
+                t_raw = now() - t0
             client.run(lambda: __import__("gc").collect())
             with MemorySampler(client) as mem_pipe:
                 t0 = now()
                 summary = build_dataset(scene.items, scene.parcels, out_pipe, mapping=scene.mapping, client=client,
-                                        patch_size=args.patch_size, chunksize=args.chunk_patches * args.patch_size, min_crop_cover=0.0)
+                                        patch_size=args.patch_size, chunksize=args.chunksize, min_crop_cover=0.0)
                 t_pipe = now() - t0
             row = {
                 "size": size, "dates": args.dates, "patches": summary.n_patches,

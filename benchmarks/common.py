@@ -78,3 +78,15 @@ def write_json(path: str | Path, payload: dict) -> None:
 
 def now() -> float:
     return time.perf_counter()
+
+
+def drop_caches() -> bool:
+    """Drop the OS page cache before a timed run (needs root); True when it was dropped."""
+    import subprocess
+
+    try:
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MemorySampler, now, print_table, write_json  # noqa: E402
+from common import MemorySampler, drop_caches, now, print_table, write_json  # noqa: E402
 
 PATCH = 128
 
@@ -73,15 +72,6 @@ def crop2seg_way(scene, out: Path) -> int:
     return k
 
 
-def _drop_caches() -> bool:
-    try:
-        subprocess.run(["sync"], check=True)
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=2048)
@@ -101,7 +91,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="crop2seg-way-"))
     rows = []
     try:
-        dropped = _drop_caches()
+        dropped = drop_caches()
         with MemorySampler(interval=0.2) as mem:
             t0 = now()
             n = crop2seg_way(scene, work / "npy")
@@ -111,7 +101,7 @@ def main() -> None:
         shutil.rmtree(work / "npy")
         with LocalCluster(n_workers=a.workers, threads_per_worker=1, dashboard_address=":0") as lc, Client(lc) as client:
             client.run(lambda: None)
-            dropped = _drop_caches()
+            dropped = drop_caches()
             with MemorySampler(client, interval=0.2) as mem:
                 t0 = now()
                 s = build_dataset(scene.items, scene.parcels, work / "store.zarr", mapping=scene.mapping, client=client,

@@ -26,15 +26,13 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MemorySampler, now, print_table, write_json  # noqa: E402
+from common import MemorySampler, drop_caches, now, print_table, write_json  # noqa: E402
 from rawio import raw_tasks  # noqa: E402
 
 TILE, EPSG = "33UWQ", 32633
@@ -190,15 +188,6 @@ def _write_items(path: Path, dates: list[dt.date]) -> None:
     path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
 
 
-def _drop_caches() -> bool:
-    try:
-        subprocess.run(["sync"], check=True)
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dates", type=int, default=24)
@@ -227,7 +216,7 @@ def main() -> None:
     with LocalCluster(n_workers=a.workers, threads_per_worker=1, memory_limit=a.memory_limit,
                       dashboard_address=":0") as lc, Client(lc) as client:
         if not a.skip_raw:
-            result["raw_cache_dropped"] = _drop_caches()
+            result["raw_cache_dropped"] = drop_caches()
             tasks = raw_tasks(items, str(stores["raw"]), 128, a.chunksize, SIZE, SIZE)
             with MemorySampler(client, interval=0.5) as mem:
                 t0 = now()
@@ -236,7 +225,7 @@ def main() -> None:
             result["raw_total_peak_mb"] = mem.total_peak / 2**20
             print(f"raw I/O: {result['raw_s']:.0f} s, all processes peak {result['raw_total_peak_mb']:.0f} MB", flush=True)
             shutil.rmtree(stores["raw"], ignore_errors=True)
-        result["pipeline_cache_dropped"] = _drop_caches()
+        result["pipeline_cache_dropped"] = drop_caches()
         marks: list[tuple[str, float]] = []
 
         def progress(msg: str) -> None:

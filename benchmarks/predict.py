@@ -76,7 +76,7 @@ def _bare_model(weights: Path, n_windows: int, T: int, P: int, batch: int, threa
     in place, forward, masked softmax (as the pipeline), in one process on ``threads`` torch threads."""
     torch.set_num_threads(threads)
     tune_malloc_for_torch()  # as the pipeline's workers do (see crop2seg_pipeline/malloc.py)
-    model, meta = load_model(weights)
+    model = load_model(weights)
     spec = read_model_spec(weights)
     rng = np.random.default_rng(0)
     x = rng.integers(1, 4000, (batch, T, len(spec.bands), P, P)).astype(np.uint16)

@@ -35,23 +35,13 @@ _LAZY = {
     "predict_cube": "crop2seg_pipeline.predict",
     "make_demo_scene": "crop2seg_pipeline.demo",
     "connect": "crop2seg_pipeline.cluster",
+    "make_report": "crop2seg_pipeline.report",
     "Grid": "crop2seg_pipeline.grid",
+    # a weights folder -> nn.Module in eval mode, metadata on model.meta (any architecture)
+    "load_model": "crop2seg_pipeline.models.checkpoint",
 }
 
-__all__ = [*sorted(_LAZY), "load_model", "__version__"]
-
-
-def load_model(weights_dir: Any, device: str = "cpu"):
-    """Load a weights folder (``weights.pt`` + ``model.json``) as a ``torch.nn.Module`` in eval mode.
-
-    The folder's metadata (bands, normalization, class names, reference date) is on
-    ``model.meta``. Weights are read with ``torch.load(..., weights_only=True)``.
-    """
-    from .models.checkpoint import load_model as _load
-
-    model, meta = _load(weights_dir, device=device)
-    model.meta = meta
-    return model
+__all__ = [*sorted(_LAZY), "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .cli.app import app_cmd
 from .cli.build import build_dataset_cmd
 from .cli.cluster import cluster_cmd
 from .cli.demo import demo_scene_cmd
@@ -12,6 +13,7 @@ from .cli.evaluate import evaluate_cmd
 from .cli.predict import predict_cmd
 from .cli.safe import index_safe_cmd
 from .cli.search import search_cmd
+from .cli.report import report_cmd
 from .cli.train import train_cmd
 
 
@@ -29,6 +31,8 @@ main.add_command(cluster_cmd, "cluster")
 main.add_command(search_cmd, "search")
 main.add_command(download_cmd, "download")
 main.add_command(index_safe_cmd, "index-safe")
+main.add_command(app_cmd, "app")
+main.add_command(report_cmd, "report")
 
 if __name__ == "__main__":
     main()

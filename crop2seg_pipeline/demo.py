@@ -991,7 +991,6 @@ def _nodata_mask(plan: _DatePlan, size: int) -> np.ndarray | None:
 def _render_date(ctx: _Context, plan: _DatePlan) -> dict:
     land = ctx.land
     size = land.grid.height
-    h = size // 2
     t = float((plan.date - ctx.season_start).days)
     g_u, s_u, y_u = _unit_state(land, t)
     winter = 0.5 * (1 + math.cos(2 * math.pi * (t - _day("2022-01-20")) / 365.0))

@@ -36,3 +36,7 @@ class ParcelError(Crop2SegError):
 
 class StoreError(Crop2SegError):
     """A patch store path holds something else, or a store is incomplete/inconsistent."""
+
+
+class ReportError(Crop2SegError):
+    """A report cannot be made from this input (neither a patch store nor a prediction) or into this folder."""

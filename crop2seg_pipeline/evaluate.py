@@ -258,7 +258,8 @@ def evaluate(
     ds = open_store(dataset_store)
     bands = [str(b) for b in ds["band"].values]
     tune_malloc_for_torch()  # batch tensors from the heap, not fresh mmaps (see .malloc)
-    model, meta = load_model(weights_dir, device=dev, expect_bands=bands, expect_classes=N_CLASSES)
+    model = load_model(weights_dir, device=dev, expect_bands=bands, expect_classes=N_CLASSES)
+    meta = model.meta
     norm = meta.get("normalization") or {}
     mean, std, ref = norm.get("mean"), norm.get("std"), meta.get("reference_date")
     if mean is None or std is None or ref is None:

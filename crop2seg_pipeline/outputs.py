@@ -27,6 +27,7 @@ from .nomenclature import CLASS_COLORS, CLASS_NAMES
 
 __all__ = [
     "TiledRaster",
+    "class_colors",
     "validate_cog",
     "read_category_names",
     "create_probability_store",
@@ -34,12 +35,13 @@ __all__ = [
     "finalize_probability_store",
     "parcel_table",
     "write_quicklook",
+    "quicklook_figure",
 ]
 
 COG_BLOCKSIZE = 256
 
 
-def _class_colors(class_names: Sequence[str]) -> list[tuple[int, int, int]]:
+def class_colors(class_names: Sequence[str]) -> list[tuple[int, int, int]]:
     """The nomenclature's colours for its classes; a grey ramp for other class lists."""
     if tuple(class_names) == CLASS_NAMES[: len(class_names)]:
         return list(CLASS_COLORS[: len(class_names)])
@@ -48,7 +50,7 @@ def _class_colors(class_names: Sequence[str]) -> list[tuple[int, int, int]]:
 
 
 class TiledRaster:
-    """A single-band uint8 raster written window by window, finished as a COG on close.
+    """A uint8 raster written window by window, finished as a COG on close.
 
     Parameters
     ----------
@@ -58,36 +60,44 @@ class TiledRaster:
         The pixel grid (CRS, transform, shape) copied exactly.
     kind
         ``"classes"`` (palette colour table, class names as tags and GDAL category names,
-        nearest overviews) or ``"confidence"`` (greyscale, average overviews).
+        nearest overviews), ``"confidence"`` (greyscale, average overviews) or
+        ``"probabilities"`` (one band per class, probability x 255, band descriptions = class
+        names, average overviews).
     class_names
-        Class names, for ``kind="classes"``.
+        Class names, for ``kind="classes"`` and ``"probabilities"``.
     """
 
+    KINDS = ("classes", "confidence", "probabilities")
+
     def __init__(self, path: str | os.PathLike, grid: Grid, kind: str, class_names: Sequence[str] = CLASS_NAMES):
-        if kind not in ("classes", "confidence"):
-            raise ValueError(f"kind must be 'classes' or 'confidence', got {kind!r}")
+        if kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tiles.tif")
         self.grid = grid
         self.kind = kind
         self.class_names = list(class_names)
+        self.count = len(self.class_names) if kind == "probabilities" else 1
         self._ds = None
 
     def __enter__(self) -> "TiledRaster":
         self._ds = rasterio.open(
-            self.tmp, "w", driver="GTiff", width=self.grid.width, height=self.grid.height, count=1,
+            self.tmp, "w", driver="GTiff", width=self.grid.width, height=self.grid.height, count=self.count,
             dtype="uint8", crs=self.grid.crs, transform=self.grid.transform, tiled=True,
             blockxsize=256, blockysize=256, compress="NONE", BIGTIFF="IF_SAFER",
             **({"photometric": "PALETTE"} if self.kind == "classes" else {}),
         )
         if self.kind == "classes":  # before any pixel: libtiff cannot change the photometric later
-            self._ds.write_colormap(1, {k: (*c, 255) for k, c in enumerate(_class_colors(self.class_names))})
+            self._ds.write_colormap(1, {k: (*c, 255) for k, c in enumerate(class_colors(self.class_names))})
         return self
 
     def write(self, block: np.ndarray, row: int, col: int) -> None:
-        """Write a (y, x) uint8 block at pixel (row, col)."""
-        h, w = block.shape
-        self._ds.write(np.asarray(block, np.uint8), 1, window=Window(col, row, w, h))
+        """Write a (y, x) uint8 block (``(band, y, x)`` for probabilities) at pixel (row, col)."""
+        h, w = block.shape[-2:]
+        if self.count == 1:
+            self._ds.write(np.asarray(block, np.uint8), 1, window=Window(col, row, w, h))
+        else:
+            self._ds.write(np.asarray(block, np.uint8), window=Window(col, row, w, h))
 
     def __exit__(self, exc_type, exc, tb) -> None:
         ds, self._ds = self._ds, None
@@ -110,10 +120,16 @@ class TiledRaster:
                            **{f"CLASS_{k}": n for k, n in enumerate(self.class_names)})
             ds.set_band_description(1, "crop class")
             ds.update_tags(DESCRIPTION="crop2seg-pipeline predicted crop classes")
-        else:
+        elif self.kind == "confidence":
             ds.set_band_description(1, "confidence")
             ds.update_tags(1, scale="1/255", meaning="max class probability x 255, rounded")
             ds.update_tags(DESCRIPTION="crop2seg-pipeline prediction confidence")
+        else:
+            for k, name in enumerate(self.class_names, 1):
+                ds.set_band_description(k, name)
+                ds.update_tags(k, class_id=str(k - 1), scale="1/255")
+            ds.update_tags(DESCRIPTION="crop2seg-pipeline class probabilities x 255 (bands sum to 255)",
+                           class_names=json.dumps(self.class_names))
 
     def _to_cog(self) -> None:
         for p in (self.path, self.path.with_name(self.path.name + ".aux.xml")):
@@ -342,35 +358,74 @@ def write_quicklook(
     max_side: int = 1024,
 ) -> Path:
     """A PNG of the class map (read decimated, from the COG overviews) with a legend of the
-    classes present (``counts`` > 0; all classes when None)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import BoundaryNorm, ListedColormap
-    from matplotlib.patches import Patch
-
+    classes present (``counts`` > 0; all classes when None); see :func:`quicklook_figure`."""
     with rasterio.open(classes_tif) as ds:
         f = max(1, int(np.ceil(max(ds.width, ds.height) / max_side)))
         img = ds.read(1, out_shape=(max(1, ds.height // f), max(1, ds.width // f)), resampling=Resampling.nearest)
-    colors = np.asarray(_class_colors(class_names), dtype=float) / 255.0
+    fig = quicklook_figure(img, class_names, counts, title)
+    fig.savefig(png, facecolor="white")
+    return Path(png)
+
+
+def quicklook_figure(img: np.ndarray, class_names: Sequence[str], counts: Sequence[int] | None = None,
+                     title: str = "", dpi: int = 110, max_width_in: float = 8.0, max_height_in: float = 6.0) -> Any:
+    """The quicklook as a matplotlib ``Figure`` sized so the map, the legend and the title fit.
+
+    The map keeps its aspect within ``max_width_in`` x ``max_height_in`` inches; the legend is
+    measured first and the figure is made wide and tall enough for it beside the map (in more
+    columns when it is taller than the map may be), and for the title: nothing is cut, whatever
+    the area's shape (very wide, very tall, tiny).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    colors = np.asarray(class_colors(class_names), dtype=float) / 255.0
     K = len(class_names)
-    cmap = ListedColormap(colors)
-    norm = BoundaryNorm(np.arange(-0.5, K + 0.5), K)
     present = [k for k in range(K) if counts is None or counts[k] > 0]
-    fig, ax = plt.subplots(figsize=(9, 6.5), dpi=110)
-    ax.imshow(img, cmap=cmap, norm=norm, interpolation="nearest")
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title, fontsize=10)
     total = float(sum(counts)) if counts is not None else 0.0
     handles = [
         Patch(facecolor=colors[k], edgecolor="0.3",
               label=class_names[k] + (f" ({100 * counts[k] / total:.1f}%)" if total else ""))
         for k in present
     ]
-    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
-    return Path(png)
+    fig = Figure(dpi=dpi)
+    FigureCanvasAgg(fig)
+    renderer = fig.canvas.get_renderer()
+
+    def size_in(artist) -> tuple[float, float]:
+        bb = artist.get_window_extent(renderer)
+        return bb.width / dpi, bb.height / dpi
+
+    h_px, w_px = img.shape[:2]
+    scale = min(max_width_in / w_px, max_height_in / h_px)
+    iw, ih = w_px * scale, h_px * scale
+    ncol, leg = 1, None
+    while True:  # more columns while the legend is taller than the map may be
+        if leg is not None:
+            leg.remove()
+        leg = fig.legend(handles=handles, loc="center left", fontsize=8, frameon=False, ncol=ncol,
+                         borderaxespad=0.0, borderpad=0.2)
+        lw, lh = size_in(leg) if handles else (0.0, 0.0)
+        if lh <= max(ih, max_height_in) or ncol >= max(1, len(handles)):
+            break
+        ncol += 1
+    ttl = fig.text(0.5, 1.0, title, ha="center", va="top", fontsize=10) if title else None
+    tw, th = size_in(ttl) if ttl is not None else (0.0, 0.0)
+    pad, gap = 0.15, (0.25 if handles else 0.0)
+    body_h = max(ih, lh)
+    top_h = th + 0.15 if ttl is not None else 0.0
+    W = max(pad + iw + gap + lw + pad, tw + 2 * pad)
+    H = pad + body_h + top_h + pad
+    fig.set_size_inches(W, H)
+    x0 = (W - (iw + gap + lw)) / 2  # centre the map + legend block
+    ax = fig.add_axes((x0 / W, (pad + (body_h - ih) / 2) / H, iw / W, ih / H))
+    ax.imshow(img, cmap=ListedColormap(colors), norm=BoundaryNorm(np.arange(-0.5, K + 0.5), K),
+              interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    if handles:
+        leg.set_bbox_to_anchor(((x0 + iw + gap) / W, (pad + body_h / 2) / H), transform=fig.transFigure)
+    if ttl is not None:
+        ttl.set_position((0.5, 1 - pad / H))
+    return fig

@@ -59,6 +59,7 @@ from .interrupts import pause_point
 from .locks import writer_lock
 from .manifest import OutputFolder
 from .models.spec import ModelSpec, read_model_spec
+from .predict_outputs import PredictExtras
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,28 @@ def _gpu_resources(client: Any, device: str) -> dict | None:
     if any((w.get("resources") or {}).get("GPU") for w in workers.values()):
         return {"GPU": 1}
     return None
+
+
+def _threads(client: Any) -> int:
+    """Task threads of the cluster (this machine's CPUs without a client)."""
+    if client is None:
+        return max(1, os.cpu_count() or 1)
+    try:
+        return max(1, sum(client.nthreads().values()))
+    except Exception:  # noqa: BLE001 - no scheduler info: assume one thread
+        return 1
+
+
+def work_chunksize(height: int, width: int, chunksize: int, patch_size: int, threads: int) -> int:
+    """The chunk side to use: ``chunksize``, halved (never below one window) while the area has
+    fewer than two chunks per task thread, so that a small area keeps every thread busy."""
+    size = max(int(chunksize), patch_size)
+    while size // 2 >= patch_size:
+        n = -(-max(height, patch_size) // size) * -(-max(width, patch_size) // size)
+        if n >= 2 * threads:
+            break
+        size //= 2
+    return size
 
 
 # ----------------------------------------------------------------------------- the lazy API
@@ -317,6 +340,12 @@ def _clear_dates(src: CubeSource, spec: ModelSpec, chunksize: int, client: Any,
     return np.flatnonzero(keep).tolist(), dropped
 
 
+def _share(flags: Any) -> float | None:
+    """Share of True among the non-null flags (None when all are null)."""
+    f = flags.dropna()
+    return float(f.astype(bool).mean()) if len(f) else None
+
+
 #: Who holds a prediction folder's writer lock and is named in its manifest.
 COMMAND = "crop2seg-predict"
 
@@ -337,21 +366,26 @@ class PredictPlan:
     batch_size: int
     device: str
     probabilities: bool
+    polygons: bool = False
+    min_polygon_area: float = 5000.0
 
 
-def output_names(parcels: bool, probabilities: bool) -> list[str]:
+def output_names(parcels: bool, probabilities: bool, polygons: bool = False) -> list[str]:
     """The files a prediction writes into its folder (beside ``manifest.json``)."""
     names = ["classes.tif", "classes.tif.aux.xml", "confidence.tif", "quicklook.png", "summary.json"]
     if parcels:
         names.append("parcels.gpkg")
     if probabilities:
-        names.append("probabilities.zarr")
+        names += ["probabilities.zarr", "probabilities.tif"]
+    if polygons:
+        names.append("polygons.gpkg")
     return names
 
 
 def check_arguments(*, bbox: Sequence[float] | None = None, bbox_crs: Any = "EPSG:4326", start: Any = None,
                     end: Any = None, epsg: Any = None, antimeridian: bool = False, overlap: int = 32,
-                    batch_size: int = 8, chunksize: int = 512, out_dir: Any = None) -> None:
+                    batch_size: int = 8, chunksize: int = 512, out_dir: Any = None,
+                    min_polygon_area: float = 5000.0) -> None:
     """The checks of :func:`predict`'s arguments that read nothing (the command runs them first)."""
     check_dates(start, end)
     check_bbox(bbox, bbox_crs, antimeridian=antimeridian)
@@ -362,6 +396,8 @@ def check_arguments(*, bbox: Sequence[float] | None = None, bbox_crs: Any = "EPS
         raise Crop2SegError(f"--batch-size must be >= 1, got {batch_size}")
     if chunksize < 16:
         raise Crop2SegError(f"--chunksize must be at least 16 px, got {chunksize}")
+    if not min_polygon_area >= 0:
+        raise Crop2SegError(f"--min-polygon-area must be >= 0 m2, got {min_polygon_area}")
     if out_dir is not None:
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
@@ -389,6 +425,8 @@ def plan_prediction(
     device: str = "auto",
     chunksize: int = 512,
     probabilities: bool = False,
+    polygons: bool = False,
+    min_polygon_area: float = 5000.0,
 ) -> PredictPlan:
     """Read and check everything a prediction needs, compute and write nothing.
 
@@ -402,7 +440,8 @@ def plan_prediction(
     from .parcels import read_parcels
 
     check_arguments(bbox=bbox, bbox_crs=bbox_crs, start=start, end=end, epsg=epsg, antimeridian=antimeridian,
-                    overlap=overlap, batch_size=batch_size, chunksize=chunksize, out_dir=out_dir)
+                    overlap=overlap, batch_size=batch_size, chunksize=chunksize, out_dir=out_dir,
+                    min_polygon_area=min_polygon_area)
     spec = read_model_spec(weights_dir)
     selected = select_items(normalize_items(items, bands=spec.bands), bbox=bbox, bbox_crs=bbox_crs, start=start,
                             end=end, antimeridian=antimeridian)
@@ -419,10 +458,11 @@ def plan_prediction(
                 "chunksize": chunksize, "patch_size": spec.patch_size, "bbox": list(bbox) if bbox else None,
                 "bbox_crs": str(bbox_crs), "epsg": grid.epsg, "start": None if start is None else str(start),
                 "end": None if end is None else str(end), "parcels": None if parcels is None else str(parcels),
-                "probabilities": bool(probabilities)}
+                "probabilities": bool(probabilities), "polygons": bool(polygons), "min_polygon_area": min_polygon_area}
     folder = OutputFolder(out_dir, COMMAND, settings)
-    folder.plan(output_names(gdf is not None, probabilities))
-    return PredictPlan(spec, grid, src, gdf, folder, settings, chunksize, overlap, batch_size, device, probabilities)
+    folder.plan(output_names(gdf is not None, probabilities, polygons))
+    return PredictPlan(spec, grid, src, gdf, folder, settings, chunksize, overlap, batch_size, device, probabilities,
+                       polygons, min_polygon_area)
 
 
 def predict(
@@ -447,8 +487,9 @@ def predict(
     out_dir
         Output folder (created): ``classes.tif`` (+ ``classes.tif.aux.xml``, the class names),
         ``confidence.tif``, ``quicklook.png``, ``summary.json``; ``parcels.gpkg`` with
-        ``parcels``; ``probabilities.zarr`` with ``probabilities``; ``manifest.json`` lists
-        them. Other files in the folder are never touched; a file under one of these names that
+        ``parcels``; ``probabilities.zarr`` (float32) and ``probabilities.tif`` (uint8 COG,
+        probability x 255) with ``probabilities``; ``polygons.gpkg`` with ``polygons``;
+        ``manifest.json`` lists them. Other files in the folder are never touched; a file under one of these names that
         this package did not write refuses the run (:mod:`crop2seg_pipeline.manifest`).
     client
         A ``distributed.Client``; None runs on the current default Dask scheduler.
@@ -463,8 +504,11 @@ def predict(
         ``id_column``, ``crop_column``, ``layer`` (the LPIS parcels to score and how to read
         them), ``bbox``, ``bbox_crs``, ``start``, ``end`` (area and dates), ``epsg`` (CRS of
         the output grid when the items are in several), ``antimeridian``, ``overlap``,
-        ``batch_size``, ``device`` (see :func:`predict_cube`), ``chunksize`` (the unit of work
-        and of worker memory), ``probabilities``.
+        ``batch_size``, ``device`` (see :func:`predict_cube`), ``chunksize`` (the largest side
+        of a chunk: the unit of work and of worker memory; small areas are cut finer so that
+        every worker thread has work), ``probabilities``, ``polygons``, ``min_polygon_area``
+        (polygons of the class map, Background dropped, area above it in m2: see
+        :mod:`crop2seg_pipeline.predict_outputs`).
 
     Raises
     ------
@@ -497,7 +541,8 @@ def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start
     chunksize, overlap, batch_size, device = plan.chunksize, plan.overlap, plan.batch_size, plan.device
     nothing = f"Nothing final was written to {out}; fix the cause and run again."
 
-    # 2. dates with clear sky (SCL only)
+    # 2. dates with clear sky (SCL only); chunks small enough that every worker thread has work
+    chunksize = work_chunksize(grid.height, grid.width, chunksize, spec.patch_size, _threads(client))
     dates, dropped = _clear_dates(src, spec, chunksize, client, say)
     say(f"predicting {grid.height} x {grid.width} px, {len(dates)} dates with {spec.weights_dir} "
         f"({spec.patch_size} px windows, overlap {overlap}, batch {batch_size}, device {device})")
@@ -514,12 +559,15 @@ def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start
     if plan.probabilities:
         prob_store = str(folder.temp("probabilities.zarr"))
         create_probability_store(prob_store, grid, spec.class_names, (ychunks, xchunks))
+    extras = PredictExtras(folder, grid, spec.class_names, probabilities=plan.probabilities, polygons=plan.polygons,
+                           parcels=gdf is not None, min_polygon_area=plan.min_polygon_area)
     yb, xb = bounds(ychunks), bounds(xchunks)
     blocks = probs.to_delayed()
     tasks = [
         dask.delayed(finish_chunk, pure=True)(
             blocks[0, i, j], None if pid_blocks is None else pid_blocks[i, j],
             n_classes=spec.n_classes, y0=yb[i], x0=xb[j], prob_store=prob_store, device_of=device,
+            extras=extras.options if extras.active else None,
             dask_key_name=f"finish-{probs.name}-{i}-{j}",
         )
         for i in range(len(ychunks)) for j in range(len(xchunks))
@@ -533,7 +581,7 @@ def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start
     cls_tmp, conf_tmp = folder.temp("classes.tif"), folder.temp("confidence.tif")
     try:
         with TiledRaster(cls_tmp, grid, kind="classes", class_names=spec.class_names) as cls_out, \
-                TiledRaster(conf_tmp, grid, kind="confidence") as conf_out:
+                TiledRaster(conf_tmp, grid, kind="confidence") as conf_out, extras:
 
             def on_result(_: int, r: dict) -> None:
                 cls_out.write(r["class"], r["y0"], r["x0"])
@@ -543,8 +591,13 @@ def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start
                 if "parcel_hist" in r:
                     ph.append(r["parcel_hist"])
                     pc.append(r["parcel_conf"])
+                extras.on_result(r)
 
             run_tasks(tasks, client, label="predict", say=say, on_result=on_result, on_failure=nothing)
+        extras.finish_polygons(
+            lambda ts, cb: run_tasks(ts, client, label="polygons", say=say, on_result=lambda _, r: cb(r),
+                                     unit="classes", on_failure=nothing),
+            say)
         if prob_store:
             finalize_probability_store(prob_store)
 
@@ -553,13 +606,16 @@ def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start
         parcel_summary = None
         table = None
         if gdf is not None:
-            table = parcel_table(gdf, ph, pc, spec.class_names, ignore_index=spec.ignore_index)
+            table = extras.parcel_columns(parcel_table(gdf, ph, pc, spec.class_names, ignore_index=spec.ignore_index),
+                                          ph, spec.ignore_index)
             compared = table["agreement"].dropna()
             parcel_summary = {
                 "n_parcels": int(len(table)),
                 "n_with_pixels": int((table["n_pixels"] > 0).sum()),
                 "n_compared": int(len(compared)),
                 "agreement_share": float(compared.astype(bool).mean()) if len(compared) else None,
+                "homogenized_agreement_share": _share(table["homogenized_agreement"]),
+                "soft_agreement_share": _share(table["soft_agreement"]),
             }
         ql_tmp = folder.temp("quicklook.png")
         write_quicklook(cls_tmp, ql_tmp, spec.class_names, hist,
@@ -574,6 +630,7 @@ def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start
                 table.to_file(tmp, layer="parcels", driver="GPKG")
         if prob_store:
             folder.commit("probabilities.zarr", prob_store)
+        extras.commit()
     finally:
         folder.discard_temps()  # what was not renamed into place (an error, an interrupt)
     files = {"classes": str(out / "classes.tif"), "confidence": str(out / "confidence.tif"),
@@ -582,6 +639,7 @@ def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start
         files["parcels"] = str(out / "parcels.gpkg")
     if prob_store:
         files["probabilities"] = str(out / "probabilities.zarr")
+    files.update(extras.files)
     seconds = time.perf_counter() - t_start
     mpx = grid.height * grid.width / 1e6
     files["summary"] = str(out / "summary.json")
@@ -590,7 +648,7 @@ def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start
         dates_dropped=dropped, n_chunks=len(tasks), device=sorted(devices), area_ha=area,
         parcels=parcel_summary, seconds=round(seconds, 3), megapixels=round(mpx, 4),
         throughput_mpx_s=round(mpx / seconds, 4) if seconds > 0 else math.nan,
-        dashboard=getattr(client, "dashboard_link", None), settings=dict(plan.settings),
+        dashboard=getattr(client, "dashboard_link", None), settings={**plan.settings, "chunksize": chunksize},
     )
     with folder.output("summary.json") as tmp:
         tmp.write_text(json.dumps(summary.to_dict(), indent=2, default=str))

@@ -290,7 +290,7 @@ def _finetune_into(model: torch.nn.Module, source: str | os.PathLike, say: Calla
     path = Path(source)
     if path.is_dir():
         if (path / CONFIG_FILE).is_file():
-            ref, _ = load_model(path)
+            ref = load_model(path)
             state: Any = ref.state_dict()
         else:
             state = path / WEIGHTS_FILE
@@ -585,7 +585,8 @@ def train(
     # refresh model.json's training summary with the final epoch count (weights unchanged)
     done = max(start_epoch, start_epoch + epochs_run)
     if best_epoch:
-        best_net, meta = load_model(out)
+        best_net = load_model(out)
+        meta = best_net.meta
         if meta.get("training", {}).get("epochs") != done:
             save_weights(best_net, out, {**{k: v for k, v in meta.items()
                                             if k not in ("architecture", "config", "format_version")},

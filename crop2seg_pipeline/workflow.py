@@ -12,6 +12,7 @@ flags given on the command line override them (click's ``default_map``). Layout:
     train:   {out: weights, model: utae-small, epochs: 30}
     evaluate: {out: evaluation, split: test}
     predict: {out: maps, overlap: 32}
+    app:     {cache_dir: app-cache, port: 5006}
 
 Keys are the commands' option names (``patch_size`` or ``patch-size``). Relative paths are
 relative to the current directory, as on the command line.
@@ -33,7 +34,7 @@ from .errors import Crop2SegError
 #: Keys shared by the commands, at the top level of a workflow.
 TOP_LEVEL = {"name", "description", "cluster", "items", "parcels", "mapping", "id_column", "crop_column",
              "layer", "bbox", "bbox_crs", "start", "end", "workdir", "demo_size",
-             "build", "train", "evaluate", "predict", "demo_scene", "search", "download"}
+             "build", "train", "evaluate", "predict", "demo_scene", "search", "download", "app", "report"}
 #: Which top-level keys each command takes, and where its own section is.
 COMMANDS: dict[str, dict[str, Any]] = {
     "build-dataset": {"section": "build", "shared": ["cluster", "items", "parcels", "mapping", "id_column",
@@ -49,6 +50,9 @@ COMMANDS: dict[str, dict[str, Any]] = {
     "search": {"section": "search", "shared": ["bbox", "start", "end"]},
     "download": {"section": "download", "shared": ["cluster", "items", "bbox", "bbox_crs"]},
     "index-safe": {"section": None, "shared": []},
+    "app": {"section": "app", "shared": ["cluster", "items", "parcels", "mapping", "id_column", "crop_column", "layer",
+                                         "demo_size"]},
+    "report": {"section": "report", "shared": ["cluster"]},
 }
 
 
@@ -103,7 +107,7 @@ def defaults_for(doc: Mapping[str, Any], command: str, params: set[str]) -> dict
         out["store"] = out.pop("dataset")
     if command in ("train", "evaluate") and "store" not in out and build_out:
         out["store"] = build_out
-    if command in ("evaluate", "predict") and "weights" not in out and train_out:
+    if command in ("evaluate", "predict", "app") and "weights" not in out and train_out:
         out["weights"] = train_out
     unknown = sorted(set(out) - params)
     if unknown:

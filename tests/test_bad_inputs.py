@@ -115,6 +115,15 @@ def test_build_refuses_before_anything(case, scene, tmp_path):
     assert not out.exists()  # not even the folder of the lock is left
 
 
+def test_the_patch_multiple_is_the_models_own():
+    """--patch-size is checked against every architecture's real divisor (read without torch)."""
+    from crop2seg_pipeline.models import MODEL_NAMES, build_model, downscale_of, patch_multiple
+
+    for name in MODEL_NAMES:
+        assert build_model(name, n_classes=15).downscale == downscale_of(name), name
+    assert patch_multiple() == 8
+
+
 def test_build_unwritable_out_is_refused_before_pass_1(scene, tmp_path):
     # /sys refuses mkdir even to root (tests may run as root, for whom permission bits do not count)
     res = _cli(_build_args(scene, "/sys/crop2seg-test.zarr"))

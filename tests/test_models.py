@@ -349,7 +349,8 @@ def test_reference_norm_is_not_pad_invariant_but_equal_without_padding():
     assert leak > 1e-4
 
 
-def test_few_adam_steps_reduce_loss():
+@pytest.mark.parametrize("name", ["utae-small", "timeunet-small", "wtae-small", "unet3d-small"])
+def test_few_adam_steps_reduce_loss(name):
     torch.manual_seed(0)
     b, t, c, s = 2, 5, 10, 32
     label = torch.zeros(b, s, s, dtype=torch.long)
@@ -366,7 +367,7 @@ def test_few_adam_steps_reduce_loss():
         x[:, :, 0] += a0 * ramp[None, :, None, None] * m
         x[:, :, 1] += a1 * ramp.flip(0)[None, :, None, None] * m
     pos = torch.tensor([[0.0, 30, 60, 90, 120]] * b)
-    model = build_model("utae-small", n_classes=15)
+    model = build_model(name, n_classes=15)
     opt = torch.optim.Adam(model.parameters(), lr=2e-2)
     loss_fn = nn.CrossEntropyLoss(ignore_index=14)
     losses = []
@@ -482,7 +483,8 @@ def test_checkpoint_round_trip(tmp_path):
     raw = torch.load(folder / "weights.pt", weights_only=True)
     assert set(raw) == set(model.state_dict())
 
-    loaded, meta = load_model(folder, expect_bands=META["bands"], expect_classes=15)
+    loaded = load_model(folder, expect_bands=META["bands"], expect_classes=15)
+    meta = loaded.meta
     assert not loaded.training
     assert meta["reference_date"] == "2018-09-01" and meta["config"] == model.config
     x, pos = _padded_batch(size=32)
@@ -615,3 +617,137 @@ def test_ltae_standalone_shapes():
     pos = torch.arange(5.0).repeat(2, 1) * 10
     out, att = ltae(x, batch_positions=pos, pad_mask=torch.zeros(2, 5, dtype=torch.bool))
     assert out.shape == (2, 32, 4, 4) and att.shape == (8, 2, 5, 4, 4)
+
+
+# ------------------------------------------------------------------------- every architecture
+
+ALL_SMALL = ["utae-small", "timeunet-small", "wtae-small", "unet3d-small"]
+
+
+def test_one_load_model():
+    import crop2seg_pipeline
+    from crop2seg_pipeline.models import checkpoint
+
+    assert crop2seg_pipeline.load_model is checkpoint.load_model is load_model
+
+
+def test_shipped_demo_weights_still_load_as_utae():
+    from pathlib import Path
+
+    import crop2seg_pipeline
+
+    folder = Path(crop2seg_pipeline.__file__).parent / "data" / "demo_weights"
+    doc = json.loads((folder / "model.json").read_text())
+    model = load_model(folder)
+    assert isinstance(model, UTAE) and not model.training
+    assert doc["architecture"] == model.architecture == "utae"
+    assert model.meta == doc and model.config == doc["config"]
+    assert model.downscale == 8 and model.n_classes == 15
+
+
+@pytest.mark.parametrize("name", ALL_SMALL)
+def test_weights_folder_round_trip_for_every_architecture(tmp_path, name):
+    torch.manual_seed(0)
+    model = build_model(name, n_classes=15)
+    _randomize_batchnorm(model)
+    model.eval()
+    folder = save_weights(model, tmp_path / name, META)
+    doc = json.loads((folder / "model.json").read_text())
+    assert doc["architecture"] == model.architecture == name.split("-")[0]
+    assert doc["config"] == model.config
+    assert set(torch.load(folder / "weights.pt", weights_only=True)) == set(model.state_dict())
+    loaded = load_model(folder, expect_bands=META["bands"], expect_classes=15)
+    assert type(loaded) is type(model) and not loaded.training
+    assert loaded.meta == doc and loaded.downscale == model.downscale
+    x, pos = _padded_batch(size=32)
+    with torch.no_grad():
+        assert torch.equal(model(x, pos), loaded(x, pos))
+
+
+def test_model_json_architecture_must_be_known_and_fit_the_config(tmp_path):
+    save_weights(build_model("timeunet-small", n_classes=15), tmp_path, META)
+    doc = json.loads((tmp_path / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps({**doc, "architecture": "convlstm"}))
+    with pytest.raises(CheckpointError, match=r"'convlstm' is not supported.*timeunet.*unet3d"):
+        load_model(tmp_path)
+    # weights of a Time-Unet declared as a W-TAE: the config is valid, the weights do not fit
+    (tmp_path / "model.json").write_text(json.dumps({**doc, "architecture": "wtae"}))
+    with pytest.raises(CheckpointError, match=r"missing keys: spatial_reduction"):
+        load_model(tmp_path)
+    (tmp_path / "model.json").write_text(json.dumps({**doc, "architecture": "unet3d"}))
+    with pytest.raises(CheckpointError, match="valid UNet3D"):
+        load_model(tmp_path)
+    with pytest.raises(CheckpointError, match="not one of the package's models"):
+        save_weights(nn.Conv2d(1, 1, 1), tmp_path / "conv", META)
+
+
+def test_day_of_year_models_must_agree_with_the_fed_reference_date(tmp_path):
+    model = build_model("wtae-small", n_classes=15, use_doy=True, reference_date="2018-09-01")
+    save_weights(model, tmp_path / "ok", META | {"reference_date": "2018-09-01"})
+    assert load_model(tmp_path / "ok").config["reference_date"] == "2018-09-01"
+    save_weights(model, tmp_path / "bad", META | {"reference_date": "2020-09-01"})
+    with pytest.raises(CheckpointError, match="2018-09-01.*2020-09-01"):
+        load_model(tmp_path / "bad")
+
+
+def _reference_checkpoint(path, model: nn.Module, epoch: int = 7) -> dict:
+    """A ``model.pth.tar`` as utae-paps' / Crop2Seg's training scripts write it."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, pos = _padded_batch(size=32)
+    model.train()
+    model(x, pos).mean().backward()
+    opt.step()
+    model.eval()
+    state = {"epoch": epoch, "state_dict": model.state_dict(), "optimizer": opt.state_dict()}
+    torch.save(state, path)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", ALL_SMALL)
+def test_fine_tune_from_a_reference_format_checkpoint(tmp_path, name):
+    torch.manual_seed(0)
+    pastis = build_model(name, n_classes=20)  # PASTIS's 20 classes
+    _randomize_batchnorm(pastis)
+    source = _reference_checkpoint(tmp_path / "model.pth.tar", pastis)
+    assert set(torch.load(tmp_path / "model.pth.tar", weights_only=True)) == {"epoch", "state_dict",
+                                                                             "optimizer"}
+    torch.manual_seed(1)
+    model = build_model(name, n_classes=15)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    not_loaded = load_reference_state_dict(model, tmp_path / "model.pth.tar")
+    heads = model.head_prefixes()
+    head = [k for k in model.state_dict() if k.startswith(tuple(heads))]
+    assert not_loaded == head and head
+    after = model.state_dict()
+    for k, v in after.items():
+        if k in head:
+            assert v.dim() == 0 or v.shape[0] == 15
+        else:
+            assert torch.equal(v, source[k]), k
+    weight = next(k for k in head if k.endswith("weight"))
+    assert not torch.equal(after[weight], before[weight])  # freshly initialised, not kept
+    with pytest.raises(CheckpointError, match="head"):
+        load_reference_state_dict(build_model(name, n_classes=15), tmp_path / "model.pth.tar",
+                                  strict_head=True)
+    # the same class count loads everything
+    same = build_model(name, n_classes=20)
+    assert load_reference_state_dict(same, tmp_path / "model.pth.tar") == []
+    assert all(torch.equal(v, source[k]) for k, v in same.state_dict().items())
+
+
+def test_reference_checkpoint_with_pickled_objects_is_refused(tmp_path):
+    model = build_model("timeunet-small", n_classes=20)
+    torch.save({"epoch": 1, "state_dict": model.state_dict(), "optimizer": _Payload()},
+               tmp_path / "model.pth.tar")
+    with pytest.raises(CheckpointError, match="pickled Python objects.*safety"):
+        load_reference_state_dict(build_model("timeunet-small", n_classes=15),
+                                  tmp_path / "model.pth.tar")
+    torch.save(model, tmp_path / "whole_module.pth")  # a pickled nn.Module
+    with pytest.raises(CheckpointError, match="not unpickled"):
+        load_reference_state_dict(model, tmp_path / "whole_module.pth")
+
+
+def test_checkpoint_of_another_architecture_is_refused():
+    utae_state = build_model("utae-small", n_classes=15).state_dict()
+    with pytest.raises(CheckpointError, match="shares no parameter.*UNet3D.*another architecture"):
+        load_reference_state_dict(build_model("unet3d-small", n_classes=15), utae_state)

@@ -53,9 +53,9 @@ OVERLAP = 8
 REF_DATE = "2021-09-01"
 
 
-def _save(folder, *, n_classes=15, bands=BANDS, mean=None, std=None, seed=0, **extra):
+def _save(folder, *, n_classes=15, bands=BANDS, mean=None, std=None, seed=0, model_name="utae-small", **extra):
     torch.manual_seed(seed)
-    model = build_model("utae-small", n_classes, input_dim=len(bands))
+    model = build_model(model_name, n_classes, input_dim=len(bands))
     meta = {
         "bands": list(bands),
         "normalization": {"mean": list(mean if mean is not None else [1000.0] * len(bands)),
@@ -153,7 +153,7 @@ def _reference(s2, times, folder):
     meta = json.loads((Path(folder) / "model.json").read_text())
     from crop2seg_pipeline.models import load_model
 
-    model, _ = load_model(folder)
+    model = load_model(folder)
     mean = np.asarray(meta["normalization"]["mean"], np.float32)[:, None, None]
     std = np.asarray(meta["normalization"]["std"], np.float32)[:, None, None]
     x = (s2.astype(np.float32) - mean) / std
@@ -444,14 +444,40 @@ def test_rerun_with_other_options_owns_its_folder(tmp_path, small_scene, weights
     shutil.copytree(first, out, copy_function=shutil.copy2)  # copy2: sizes and mtimes as written
     (out / "my-notes.txt").write_text("mine")
     assert (out / "parcels.gpkg").exists() and (out / "probabilities.zarr").is_dir()
+    assert (out / "probabilities.tif").exists()
     s = predict(small_scene.items, weights, out, overlap=OVERLAP, batch_size=6, chunksize=128,
                 progress=lambda m: None)
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["classes.tif", "classes.tif.aux.xml", "confidence.tif", "quicklook.png", "summary.json",
-                            "manifest.json", "my-notes.txt"])
+                            "manifest.json", "my-notes.txt"])  # probabilities.tif went with probabilities.zarr
     doc = read_manifest(out)
     assert doc["complete"] and sorted(doc["files"]) == sorted(set(names) - {"manifest.json", "my-notes.txt"})
     assert doc["settings"]["parcels"] is None and s.parcels is None
+
+
+# ----------------------------------------------------------------------------- every architecture
+
+
+@pytest.mark.parametrize("name", ["timeunet-small", "wtae-small", "unet3d-small"])
+def test_every_architecture_predicts_with_the_same_machinery(small_scene, cube_arrays, tmp_path, name):
+    """Untrained Time-Unet / W-TAE / UNet3D weights folders: predict writes valid outputs that equal
+    the independent sliding-window reference, with no architecture-specific code."""
+    s2, times = cube_arrays
+    folder = _save(tmp_path / "w", model_name=name, mean=s2.astype(np.float64).mean(axis=(0, 2, 3)),
+                   std=s2.astype(np.float64).std(axis=(0, 2, 3)))
+    assert json.loads((folder / "model.json").read_text())["architecture"] == name.split("-")[0]
+    out = tmp_path / "out"
+    summary = predict(small_scene.items, folder, out, parcels=small_scene.parcels, mapping=small_scene.mapping,
+                      overlap=OVERLAP, batch_size=6, chunksize=128, probabilities=True, progress=lambda m: None)
+    for raster in ("classes.tif", "confidence.tif"):
+        assert validate_cog(out / raster) == [], raster
+    with rasterio.open(out / "classes.tif") as ds:
+        classes = ds.read(1)
+    assert classes.shape == s2.shape[2:] and classes.max() < 14  # never "Not classified"
+    probs = xr.open_zarr(out / "probabilities.zarr")["probabilities"].values
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    np.testing.assert_allclose(probs, _reference(s2, times, folder), atol=1e-5, rtol=0)
+    assert (out / "parcels.gpkg").is_file() and summary.parcels["n_compared"] > 0
 
 
 # ----------------------------------------------------------------------------- shipped demo weights
@@ -469,3 +495,16 @@ def test_demo_weights_agree_with_the_declared_parcels(tmp_path):
                 progress=lambda m: None)
     assert s.parcels["n_compared"] >= 30
     assert s.parcels["agreement_share"] > 0.9, s.parcels
+
+
+@pytest.mark.parametrize("h,w,chunk,patch,threads,expected", [
+    (512, 512, 512, 128, 2, 256),     # one chunk for two threads: cut to 2 x 2
+    (256, 256, 512, 128, 2, 128),     # down to one window, never below
+    (100, 60, 512, 32, 2, 32),        # smaller than a window: one window-sized chunk
+    (4096, 4096, 512, 128, 2, 512),   # plenty of chunks: unchanged
+    (1024, 1024, 512, 128, 8, 256),   # more threads, finer cut
+])
+def test_small_areas_are_cut_so_that_every_thread_has_work(h, w, chunk, patch, threads, expected):
+    from crop2seg_pipeline.predict import work_chunksize
+
+    assert work_chunksize(h, w, chunk, patch, threads) == expected

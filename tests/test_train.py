@@ -17,7 +17,7 @@ from crop2seg_pipeline.errors import Crop2SegError, StoreError
 from crop2seg_pipeline.evaluate import evaluate
 from crop2seg_pipeline.models import CheckpointError, build_model, load_model, save_weights
 from crop2seg_pipeline.nomenclature import BANDS, CLASS_NAMES
-from crop2seg_pipeline.store import create_skeleton, finalize, write_patches
+from crop2seg_pipeline.store import create_skeleton, finalize, open_store, write_patches
 from crop2seg_pipeline.train import LAST_FILE, TrainTransform, class_weights, train
 
 # ----------------------------------------------------------------------------- synthetic store
@@ -114,7 +114,8 @@ def test_training_writes_loadable_weights_and_loss_decreases(trained, store):
     for h in summary["history"]:
         assert 0 <= h["val_overall_accuracy"] <= 1 and 0 <= h["val_miou"] <= 1
         assert h["patches_per_s"] > 0 and 0 <= h["data_wait_share"] <= 1
-    model, meta = load_model(out, expect_bands=list(BANDS), expect_classes=15)
+    model = load_model(out, expect_bands=list(BANDS), expect_classes=15)
+    meta = model.meta
     assert meta["bands"] == list(BANDS) and meta["class_names"] == list(CLASS_NAMES)
     assert meta["reference_date"] == "2020-09-01"  # September 1st before the first date (2021)
     assert meta["patch_size"] == 32 and len(meta["normalization"]["mean"]) == 10
@@ -180,7 +181,7 @@ def test_finetune_from_weights_folder_and_reference_checkpoint(trained, store, t
     # starting from trained weights, the first epoch's loss is below a fresh start's
     assert tuned["history"][0]["loss"] < full["history"][0]["loss"]
     # a PASTIS-like checkpoint with 20 classes: body loaded, class head re-initialised
-    model, _ = load_model(out)
+    model = load_model(out)
     ref = build_model("utae-small", n_classes=20)
     ref.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("out_conv.conv.conv.3")
                          and not k.startswith("out_conv.conv.conv.4")}, strict=False)
@@ -270,7 +271,8 @@ def test_evaluate_writes_metrics_and_plot(trained, store, tmp_path):
 
 def test_evaluate_uses_checkpoint_normalization_not_the_store(trained, store, tmp_path):
     out, _ = trained
-    model, meta = load_model(out)
+    model = load_model(out)
+    meta = model.meta
     base = evaluate(store, out, split="val", device="cpu")
     meta = {k: v for k, v in meta.items() if k not in ("architecture", "config", "format_version")}
     shifted = tmp_path / "shifted"
@@ -331,3 +333,46 @@ def test_cosine_schedule_endpoints_and_constant():
     lrs = [epoch_lr(1e-3, e, 10, "cosine") for e in range(1, 11)]
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
     assert {epoch_lr(1e-3, e, 10, "constant") for e in range(1, 11)} == {1e-3}
+
+
+# ----------------------------------------------------------------------------- every architecture
+
+
+@pytest.mark.parametrize("name,via_cli", [("timeunet-small", False), ("wtae-small", False),
+                                          ("unet3d-small", True)])
+def test_every_architecture_evaluates(store, tmp_path, name, via_cli):
+    """Weights folders of every architecture (one trained by ``crop2seg-train --model``, the
+    others untrained): evaluate, which batches patches of different date counts zero-padded,
+    counts what the model predicts for each patch alone on its own dates."""
+    from crop2seg_pipeline.dataset import PatchDataset
+
+    out = tmp_path / "run"
+    if via_cli:
+        res = CliRunner().invoke(train_cmd, ["--dataset", str(store), "--out", str(out), "--model", name,
+                                             "--epochs", "1", "--batch-size", "2", "--workers", "0",
+                                             "--device", "cpu", "-q"])
+        assert res.exit_code == 0, res.output
+    else:
+        norm = open_store(store).attrs["normalization"]["train"]
+        torch.manual_seed(0)
+        save_weights(build_model(name, n_classes=15), out, {
+            "bands": list(BANDS), "class_names": list(CLASS_NAMES), "reference_date": "2020-09-01",
+            "normalization": norm})
+    model = load_model(out, expect_bands=list(BANDS), expect_classes=15)
+    assert model.meta["architecture"] == model.architecture == name.split("-")[0]
+    assert model.meta["config"] == build_model(name, n_classes=15).config
+    got = evaluate(store, out, split="test", batch_size=2, device="cpu")
+    meta = model.meta
+    data = PatchDataset(store, split="test", mean=meta["normalization"]["mean"],
+                        std=meta["normalization"]["std"], reference_date=meta["reference_date"])
+    assert len({len(data.positions(int(i))) for i in data.indices}) > 1  # a padded batch
+    cm = np.zeros((15, 15), np.int64)
+    for k in range(len(data)):
+        sample = data[k]
+        with torch.no_grad():
+            logits = model(sample["s2"][None], sample["positions"][None])[0]
+        logits[14] = -float("inf")
+        pred, lab = logits.argmax(dim=0).numpy(), sample["label"].numpy()
+        keep = lab != 14
+        np.add.at(cm, (lab[keep], pred[keep]), 1)
+    assert np.array_equal(np.array(got["confusion_matrix"]), cm)

@@ -16,12 +16,13 @@ from crop2seg_pipeline.cli.evaluate import evaluate_cmd
 from crop2seg_pipeline.cli.train import train_cmd
 from crop2seg_pipeline.cli.predict import predict_cmd
 from crop2seg_pipeline.search import Window, search_windows
+from crop2seg_pipeline.cli.report import report_cmd
 from crop2seg_pipeline.store import open_store
 from crop2seg_pipeline.workflow import WorkflowError, defaults_for, load
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {"build-dataset": build_dataset_cmd, "train": train_cmd, "evaluate": evaluate_cmd,
-            "predict": predict_cmd, "demo-scene": demo_scene_cmd, "cluster": cluster_cmd}
+            "predict": predict_cmd, "demo-scene": demo_scene_cmd, "cluster": cluster_cmd, "report": report_cmd}
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "czech-2019.yaml"])

@@ -38,7 +38,9 @@ DEMO_OUT = "prediction"
 @click.option("--batch-size", default=8, type=click.IntRange(min=1), help="Windows per forward pass.")
 @click.option("--device", default="auto", help="auto (CUDA where a worker has it), cpu, cuda or cuda:N.")
 @click.option("--chunksize", default=512, type=click.IntRange(min=16), help="Spatial chunk (px): the unit of work and of worker memory.")
-@click.option("--probabilities", is_flag=True, help="Also write per-class probabilities to OUT/probabilities.zarr.")
+@click.option("--probabilities", is_flag=True, help="Also write per-class probabilities: OUT/probabilities.zarr (float32) and OUT/probabilities.tif (uint8 COG, probability x 255, one band per class, bands summing to 255).")
+@click.option("--polygons", is_flag=True, help="Also write the class map as polygons (class, area, mean confidence; Background dropped) to OUT/polygons.gpkg, polygonized chunk by chunk on the workers.")
+@click.option("--min-polygon-area", default=5000.0, type=click.FloatRange(min=0), help="With --polygons: keep polygons larger than this (m2; Crop2Seg: 5000).")
 @click.option("--cluster", default="local", help="A spec name (local, slurm, slurm-gpu, pbs, existing: see crop2seg-cluster --dry-run), a spec YAML path, or a scheduler address tcp://HOST:PORT.")
 @click.option("--workers", default=None, type=int, help="Local clusters only: number of workers (default: one per core).")
 @click.option("--threads-per-worker", default=None, type=int, help="Local cluster: threads per worker (default 1).")
@@ -47,16 +49,18 @@ DEMO_OUT = "prediction"
 @verbose_opt
 @quiet_opt
 def predict_cmd(items, weights, out, parcels, mapping, id_column, crop_column, layer, bbox, bbox_crs, antimeridian,
-                epsg, start, end, overlap, batch_size, device, chunksize, probabilities, cluster, workers,
-                threads_per_worker, memory_limit, demo_size, verbose, quiet):
+                epsg, start, end, overlap, batch_size, device, chunksize, probabilities, polygons, min_polygon_area,
+                cluster, workers, threads_per_worker, memory_limit, demo_size, verbose, quiet):
     """Map crop types over whole tiles: a U-TAE on overlapping windows of the lazy Sentinel-2 cube, on Dask.
 
     Writes OUT/classes.tif and OUT/confidence.tif (Cloud-Optimized GeoTIFFs on the cube's grid),
     OUT/quicklook.png, OUT/summary.json; with --parcels OUT/parcels.gpkg (declared vs predicted
-    class per parcel); with --probabilities OUT/probabilities.zarr; OUT/manifest.json lists
-    them. Nothing else in OUT is touched: a file under one of these names that a prediction did
-    not write refuses the run, and outputs of an earlier prediction that this one does not write
-    are removed. With no arguments, predicts the embedded demo scene with the shipped demo weights.
+    class per parcel: area majority, Crop2Seg's homogenization and soft rule, disagreements ranked
+    by confidence); with --probabilities OUT/probabilities.zarr and OUT/probabilities.tif; with
+    --polygons OUT/polygons.gpkg; OUT/manifest.json lists them. Nothing else in OUT is touched: a
+    file under one of these names that a prediction did not write refuses the run, and outputs of
+    an earlier prediction that this one does not write are removed. With no arguments, predicts
+    the embedded demo scene with the shipped demo weights.
     """
     setup_logging(verbose, quiet)
     from ..build import default_demo_paths
@@ -77,7 +81,8 @@ def predict_cmd(items, weights, out, parcels, mapping, id_column, crop_column, l
     box = parse_floats(bbox, 4, "--bbox")
     try:
         check_arguments(bbox=box, bbox_crs=bbox_crs, start=start, end=end, epsg=epsg, antimeridian=antimeridian,
-                        overlap=overlap, batch_size=batch_size, chunksize=chunksize, out_dir=out)
+                        overlap=overlap, batch_size=batch_size, chunksize=chunksize, out_dir=out,
+                        min_polygon_area=min_polygon_area)
         check_cluster(cluster, n_workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit)
         pause_point("args")
         if items is None:
@@ -92,7 +97,8 @@ def predict_cmd(items, weights, out, parcels, mapping, id_column, crop_column, l
                 items, weights, out, parcels=parcels, mapping=mapping, id_column=id_column, crop_column=crop_column,
                 layer=layer, bbox=box, bbox_crs=bbox_crs, start=start, end=end, epsg=epsg,
                 antimeridian=antimeridian, overlap=overlap, batch_size=batch_size, device=device,
-                chunksize=chunksize, probabilities=probabilities,
+                chunksize=chunksize, probabilities=probabilities, polygons=polygons,
+                min_polygon_area=min_polygon_area,
             )
             client = open_cluster(stack, cluster, n_workers=workers, threads_per_worker=threads_per_worker,
                                   memory_limit=memory_limit)

@@ -7,6 +7,7 @@ import logging
 import click
 
 from ..errors import Crop2SegError
+from ..models.presets import MODEL_NAMES
 from ..workflow import workflow_option
 from . import command, pct, quiet_opt, setup_logging, verbose_opt
 
@@ -19,8 +20,11 @@ log = logging.getLogger("crop2seg_pipeline")
                    "training, 'val' to pick the best epoch).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run folder: weights.pt + model.json (best epoch) and last.pt (resume state).")
-@click.option("--model", default="utae-small", type=click.Choice(["utae-small", "utae"]),
-              help="utae-small: ~90k parameters, trains on a CPU; utae: the published 1.1M configuration.")
+@click.option("--model", default="utae-small", type=click.Choice(MODEL_NAMES),
+              help="Architecture: utae (U-TAE, PASTIS), timeunet (Crop2Seg's Time-Unet), wtae "
+                   "(Crop2Seg's W-TAE), unet3d (PASTIS baseline UNet3D), ~1.05-1.55M parameters "
+                   "in the published configurations; each -small variant (~90-100k) trains on a "
+                   "CPU. Recorded in OUT/model.json, so every command loads it.")
 @click.option("--epochs", default=25, type=click.IntRange(min=1), help="Total number of epochs.")
 @click.option("--batch-size", default=4, type=click.IntRange(min=1), help="Patches per step.")
 @click.option("--lr", default=1e-3, type=float, help="Adam learning rate.")

@@ -72,7 +72,7 @@ def cached_model(spec: ModelSpec, device: str):
             if threads and torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
             tune_malloc_for_torch()  # large tensors from the heap, not fresh mmaps (see .malloc)
-            model, _ = load_model(spec.weights_dir, dev)
+            model = load_model(spec.weights_dir, dev)
             for old in [k for k in _MODELS if k[:2] == key[:2]]:  # weights replaced since
                 del _MODELS[old]
             _MODELS[key] = model

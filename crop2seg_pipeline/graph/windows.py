@@ -219,9 +219,10 @@ def blend_chunk(parts: list, sides: list, shape: tuple[int, int], block_id: tupl
 
 def finish_chunk(
     probs: np.ndarray, parcel_id: np.ndarray | None, *, n_classes: int, y0: int, x0: int,
-    prob_store: str | None, device_of: str,
+    prob_store: str | None, device_of: str, extras: Any = None,
 ) -> dict:
-    """Dask task: class/confidence of a chunk, its class and per-parcel histograms, probability write."""
+    """Dask task: class/confidence of a chunk, its class and per-parcel histograms, probability write,
+    and with ``extras`` (a :class:`~.extras.ChunkExtras`) the extra outputs of :func:`.extras.chunk_extras`."""
     cls = classes_of(probs)
     conf = confidence_of(probs)
     out: dict[str, Any] = {
@@ -241,6 +242,10 @@ def finish_chunk(
         from ..outputs import write_probability_block
 
         write_probability_block(prob_store, probs, y0, x0)
+    if extras is not None:
+        from .extras import chunk_extras
+
+        out.update(chunk_extras(probs, cls, parcel_id, extras, y0, x0))
     return out
 
 

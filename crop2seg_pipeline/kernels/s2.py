@@ -123,3 +123,42 @@ def merge_first_valid(
 def clear_mask(scl: np.ndarray, unclear: Sequence[int]) -> np.ndarray:
     """True where the SCL class is not in ``unclear`` (clear sky, valid data)."""
     return ~np.isin(scl, np.asarray(list(unclear), dtype=scl.dtype))
+
+
+def ndvi(red: np.ndarray, nir: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NDVI ``(nir - red) / (nir + red)`` of DN arrays (baseline offset harmonized, so DN ratios
+    are reflectance ratios) and where it is valid (both bands > 0: 0 is nodata).
+
+    Returns
+    -------
+    (values, valid)
+        float64 NDVI (0 where invalid) and the bool validity, both of the inputs' shape.
+    """
+    r = red.astype(np.float64)
+    n = nir.astype(np.float64)
+    valid = (red > 0) & (nir > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(valid, (n - r) / (n + r), 0.0), valid
+
+
+def ndvi_series(red: np.ndarray, nir: np.ndarray, clear: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean NDVI per date over the pixels of a region that are clear and valid on that date.
+
+    Parameters
+    ----------
+    red, nir : (time, y, x) reflectance DN (B04, B08), 0 = nodata
+    clear : (time, y, x) bool clear-sky mask
+    inside : (y, x) bool, the region (e.g. a parcel's pixels)
+
+    Returns
+    -------
+    (mean, count)
+        (time,) float64 mean NDVI (NaN on dates with no usable pixel) and (time,) int64 pixel counts.
+    """
+    v, valid = ndvi(red, nir)
+    use = clear & valid & inside[None]
+    count = use.sum(axis=(1, 2)).astype(np.int64)
+    total = np.where(use, v, 0.0).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return mean, count

@@ -1,11 +1,12 @@
-"""Neural networks (U-TAE, L-TAE) and weights folders.
+"""Neural networks (U-TAE, Time-Unet, W-TAE, UNet3D) and weights folders.
 
->>> from crop2seg_pipeline.models import load_model
->>> model, meta = load_model("weights/")          # doctest: +SKIP
->>> logits = model(x, batch_positions)            # doctest: +SKIP  (B, T, C, H, W) -> (B, K, H, W)
+>>> from crop2seg_pipeline.models import build_model, load_model
+>>> model = build_model("timeunet", n_classes=15)   # doctest: +SKIP  any of MODEL_NAMES
+>>> model = load_model("weights/")                  # doctest: +SKIP  eval mode, model.meta
+>>> logits = model(x, batch_positions)              # doctest: +SKIP  (B, T, C, H, W) -> (B, K, H, W)
 
-The torch parts are imported on first use, so that the presets (:mod:`.presets`: what inputs
-the models need) are read by argument checks without importing torch.
+Names are imported lazily, so ``crop2seg_pipeline.models.presets`` (the model names, plain data)
+can be read without importing torch.
 """
 
 from __future__ import annotations
@@ -13,39 +14,34 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .presets import PRESETS, downscale_of, patch_multiple
-
 _LAZY = {
-    "CheckpointError": ".checkpoint",
-    "load_model": ".checkpoint",
-    "load_reference_state_dict": ".checkpoint",
-    "save_weights": ".checkpoint",
-    "LTAE2d": ".ltae",
-    "UTAE": ".utae",
-    "ModelConfigError": ".utae",
-    "UTAEOutput": ".utae",
-    "boundary_target": ".utae",
-    "build_model": ".utae",
+    "SegmentationModel": "base",
+    "ModelConfigError": "base",
+    "UTAE": "utae",
+    "UTAEOutput": "utae",
+    "PRESETS": "utae",
+    "boundary_target": "utae",
+    "TimeUNet": "timeunet",
+    "WTAE": "wtae",
+    "UNet3D": "unet3d",
+    "LTAE2d": "ltae",
+    "Crop2SegLTAE": "ltae",
+    "MODELS": "presets",
+    "MODEL_NAMES": "presets",
+    "downscale_of": "presets",
+    "patch_multiple": "presets",
+    "ARCHITECTURES": "registry",
+    "build_model": "registry",
+    "save_weights": "checkpoint",
+    "load_model": "checkpoint",
+    "load_reference_state_dict": "checkpoint",
+    "CheckpointError": "checkpoint",
 }
 
-__all__ = [
-    "UTAE",
-    "UTAEOutput",
-    "LTAE2d",
-    "PRESETS",
-    "build_model",
-    "boundary_target",
-    "save_weights",
-    "load_model",
-    "load_reference_state_dict",
-    "CheckpointError",
-    "ModelConfigError",
-    "downscale_of",
-    "patch_multiple",
-]
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

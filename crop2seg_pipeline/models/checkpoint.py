@@ -6,9 +6,10 @@ A weights folder holds two files:
     a plain ``state_dict`` (parameter name -> tensor), written with ``torch.save`` and only ever
     read back with ``torch.load(..., weights_only=True)``: loading never unpickles code.
 ``model.json``
-    ``{"architecture": "utae", "format_version": 1, "config": {...UTAE kwargs...}, **meta}``
-    where ``meta`` typically holds ``bands``, ``normalization`` (``mean``/``std`` per band),
-    ``class_names``, ``reference_date`` (ISO) and a training summary.
+    ``{"architecture": "utae", "format_version": 1, "config": {...constructor kwargs...}, **meta}``
+    where ``architecture`` is one of :data:`~.registry.ARCHITECTURES` (``utae``, ``timeunet``,
+    ``wtae``, ``unet3d``) and ``meta`` typically holds ``bands``, ``normalization``
+    (``mean``/``std`` per band), ``class_names``, ``reference_date`` (ISO) and a training summary.
 
 Both files are written atomically (temporary file + ``os.replace``), ``model.json`` last, so a
 folder with a ``model.json`` is complete.
@@ -31,7 +32,8 @@ import torch.nn as nn
 
 from crop2seg_pipeline.errors import Crop2SegError
 
-from .utae import UTAE
+from .base import SegmentationModel
+from .registry import ARCHITECTURES
 
 __all__ = [
     "CheckpointError",
@@ -48,7 +50,6 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "model.json"
 FORMAT_VERSION = 1
-ARCHITECTURE = "utae"
 _RESERVED = ("architecture", "config", "format_version")
 _EXPECTED = (f"expected a folder holding {WEIGHTS_FILE} (a plain state_dict) and {CONFIG_FILE} "
              "(architecture config, bands, normalization, class names), as written by "
@@ -112,8 +113,9 @@ def _torch_load(path: Path, device: str | torch.device = "cpu") -> Any:
         text = str(exc).lower()
         if "weights only load failed" in text and ("allowed global" in text or "unsupported global" in text):
             raise CheckpointError(
-                f"{path} is not a plain state_dict: it contains pickled Python objects, which "
-                "are not unpickled for safety (arbitrary code could run). Re-export it as "
+                f"{path} is not a plain state_dict (nor a training checkpoint of tensors, "
+                "numbers and strings): it contains pickled Python objects, which are not "
+                "unpickled for safety (arbitrary code could run). Re-export it as "
                 "torch.save(model.state_dict(), path) from a trusted environment."
             ) from None
         raise CheckpointError(f"{path} is corrupt or not a PyTorch weights file: {exc}") from None
@@ -127,7 +129,8 @@ def _torch_load(path: Path, device: str | torch.device = "cpu") -> Any:
 
 
 def _as_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
-    """Accept a plain state_dict, or a training checkpoint ``{"state_dict": ...}``; strip a
+    """Accept a plain state_dict, or a training checkpoint ``{"state_dict": ...}`` (utae-paps'
+    and Crop2Seg's ``model.pth.tar``: ``{"epoch", "state_dict", "optimizer"}``); strip a
     ``module.`` (DataParallel) prefix."""
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
@@ -157,8 +160,8 @@ def save_weights(model: nn.Module, weights_dir: str | os.PathLike,
     """Write ``weights_dir/weights.pt`` and ``weights_dir/model.json`` atomically.
 
     Args:
-        model: a :class:`~.utae.UTAE` (anything with a JSON ``config`` rebuilding it via
-            ``UTAE(**config)``).
+        model: any model of :data:`~.registry.ARCHITECTURES` (its ``architecture`` and JSON
+            ``config`` are recorded, so :func:`load_model` rebuilds it).
         weights_dir: target folder, created if needed; existing files are replaced.
         meta: extra JSON content (bands, normalization, class_names, reference_date, training
             summary...). numpy arrays, tensors, dates and paths are converted. It may not use
@@ -172,11 +175,13 @@ def save_weights(model: nn.Module, weights_dir: str | os.PathLike,
     if clash:
         raise CheckpointError(f"meta may not set the reserved key(s) {clash}")
     config = getattr(model, "config", None)
-    if not isinstance(config, Mapping):
-        raise CheckpointError(f"{type(model).__name__} has no `config` dict; save_weights "
-                              "expects a crop2seg U-TAE model")
-    doc = {"architecture": ARCHITECTURE, "config": dict(config), "format_version": FORMAT_VERSION,
-           **meta}
+    architecture = getattr(model, "architecture", None)
+    if not isinstance(config, Mapping) or ARCHITECTURES.get(architecture) is not type(model):
+        raise CheckpointError(f"{type(model).__name__} is not one of the package's models "
+                              f"({', '.join(c.__name__ for c in ARCHITECTURES.values())}); "
+                              "save_weights records an architecture load_model can rebuild")
+    doc = {"architecture": architecture, "config": dict(config),
+           "format_version": FORMAT_VERSION, **meta}
     try:
         text = json.dumps(doc, indent=2, default=_json_default, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -197,9 +202,9 @@ def _read_model_json(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise CheckpointError(f"{path} must hold a JSON object, found {type(doc).__name__}")
     arch = doc.get("architecture")
-    if arch != ARCHITECTURE:
-        raise CheckpointError(f"{path}: architecture {arch!r} is not supported (expected "
-                              f"{ARCHITECTURE!r})")
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: architecture {arch!r} is not supported (known: "
+                              f"{', '.join(sorted(ARCHITECTURES))})")
     version = doc.get("format_version")
     if not isinstance(version, int) or version < 1:
         raise CheckpointError(f"{path}: format_version must be a positive integer, got {version!r}")
@@ -207,8 +212,8 @@ def _read_model_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: format_version {version} was written by a newer "
                               f"crop2seg-pipeline (this one reads up to {FORMAT_VERSION}); upgrade")
     if not isinstance(doc.get("config"), dict):
-        raise CheckpointError(f"{path}: 'config' (the U-TAE constructor arguments) is missing "
-                              "or not an object")
+        raise CheckpointError(f"{path}: 'config' (the {ARCHITECTURES[arch].display_name} "
+                              "constructor arguments) is missing or not an object")
     return doc
 
 
@@ -232,8 +237,8 @@ def _check_expected(what: str, have: int, names: Sequence[str] | None, expect: A
 
 def load_model(weights_dir: str | os.PathLike, device: str | torch.device = "cpu",
                expect_bands: int | Sequence[str] | None = None,
-               expect_classes: int | Sequence[str] | None = None) -> tuple[UTAE, dict[str, Any]]:
-    """Load a weights folder written by :func:`save_weights`.
+               expect_classes: int | Sequence[str] | None = None) -> SegmentationModel:
+    """Load a weights folder written by :func:`save_weights`, whatever its architecture.
 
     Args:
         weights_dir: folder holding ``weights.pt`` and ``model.json``.
@@ -243,8 +248,8 @@ def load_model(weights_dir: str | os.PathLike, device: str | torch.device = "cpu
         expect_classes: number of classes (or class names) the caller expects.
 
     Returns:
-        ``(model, meta)``: the :class:`UTAE` in eval mode on ``device`` and the full
-        ``model.json`` content.
+        the model (U-TAE, Time-Unet, W-TAE or UNet3D, as ``model.json`` says) in eval mode on
+        ``device``; ``model.meta`` holds the full ``model.json`` content.
 
     Raises:
         CheckpointError: missing folder/file, invalid ``model.json``, corrupt or unsafe weights,
@@ -258,11 +263,12 @@ def load_model(weights_dir: str | os.PathLike, device: str | torch.device = "cpu
     if missing:
         raise CheckpointError(f"weights folder {folder} lacks {', '.join(missing)}; {_EXPECTED}")
     meta = _read_model_json(folder / CONFIG_FILE)
+    cls = ARCHITECTURES[meta["architecture"]]
     try:
-        model = UTAE(**meta["config"])
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{folder / CONFIG_FILE}: 'config' does not describe a valid U-TAE: "
-                              f"{exc}") from None
+        model = cls(**meta["config"])
+    except (TypeError, ValueError) as exc:  # ModelConfigError is a ValueError
+        raise CheckpointError(f"{folder / CONFIG_FILE}: 'config' does not describe a valid "
+                              f"{cls.display_name}: {exc}") from None
     bands = meta.get("bands")
     if bands is not None and (not isinstance(bands, list) or len(bands) != model.input_dim):
         raise CheckpointError(f"{folder / CONFIG_FILE}: 'bands' {bands!r} does not match the "
@@ -273,6 +279,12 @@ def load_model(weights_dir: str | os.PathLike, device: str | torch.device = "cpu
         raise CheckpointError(f"{folder / CONFIG_FILE}: 'class_names' has "
                               f"{len(class_names) if isinstance(class_names, list) else '?'} "
                               f"entries but the model outputs {model.n_classes} classes")
+    model_ref = meta["config"].get("reference_date")
+    if model_ref is not None and meta.get("reference_date") is not None \
+            and str(model_ref)[:10] != str(meta["reference_date"])[:10]:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: the model derives days of year from "
+                              f"reference_date {model_ref!r} (config) but is fed days since "
+                              f"{meta['reference_date']!r}; make both the same date")
     _check_expected("bands", model.input_dim, bands, expect_bands, folder)
     _check_expected("classes", model.n_classes, class_names, expect_classes, folder)
 
@@ -293,39 +305,45 @@ def load_model(weights_dir: str | os.PathLike, device: str | torch.device = "cpu
         raise CheckpointError(f"{folder / WEIGHTS_FILE} does not fit the architecture in "
                               f"{CONFIG_FILE}: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
-    return model.to(device).eval(), meta
+    model.meta = meta
+    return model.to(device).eval()
 
 
 # --------------------------------------------------------------------------------------------
 # fine-tuning
 # --------------------------------------------------------------------------------------------
 
-def _head_prefixes(model: UTAE) -> list[str]:
-    """State-dict prefixes of the final classification layer (last conv and its norm)."""
-    seq = model.out_conv.conv.conv
-    last_conv = max(i for i, m in enumerate(seq) if isinstance(m, nn.Conv2d))
-    return [f"out_conv.conv.conv.{i}." for i in range(last_conv, len(seq))
-            if list(seq[i].parameters()) or list(seq[i].buffers())]
+def _head_prefixes(model: SegmentationModel) -> list[str]:
+    """State-dict prefixes of the final classification layer (see ``head_prefixes``)."""
+    return model.head_prefixes()
 
 
-def load_reference_state_dict(model: UTAE,
+def load_reference_state_dict(model: SegmentationModel,
                               state_dict: Mapping[str, torch.Tensor] | str | os.PathLike,
                               strict_head: bool = False) -> list[str]:
-    """Initialise ``model`` from a (PASTIS) U-TAE checkpoint for fine-tuning.
+    """Initialise ``model`` from a checkpoint of the same architecture, for fine-tuning.
 
     Every parameter/buffer whose name and shape match is copied. When the final classification
-    layer (last conv of ``out_conv`` and its BatchNorm) does not fit -- a different number of
-    classes -- that whole layer is re-initialised instead.
+    layer (``model.head_prefixes()``: U-TAE/Time-Unet/W-TAE's last ``out_conv`` conv and its
+    BatchNorm, UNet3D's ``final`` conv) does not fit -- a different number of classes, e.g.
+    PASTIS's 20 -- that whole layer is re-initialised instead.
 
     Args:
-        model: the target :class:`UTAE` (e.g. 15 classes).
-        state_dict: a state_dict, a training checkpoint ``{"state_dict": ...}`` (the reference
-            training script's format), or a path to either (read with ``weights_only=True``).
+        model: the target model (e.g. 15 classes).
+        state_dict: a state_dict, a training checkpoint ``{"epoch", "state_dict", "optimizer"}``
+            (utae-paps'/Crop2Seg's ``model.pth.tar``), or a path to either. Files are read with
+            ``torch.load(..., weights_only=True)``: a file holding pickled objects other than
+            tensors, numbers, strings and containers is refused (:class:`CheckpointError`).
         strict_head: raise :class:`CheckpointError` when the head does not fit instead of
             re-initialising it.
 
     Returns:
         the model keys that were *not* loaded from the checkpoint, in state_dict order.
+
+    Raises:
+        CheckpointError: unreadable or unsafe file, no state_dict in it, a checkpoint sharing no
+            entry with the model (another architecture), a head not fitting with
+            ``strict_head``.
     """
     if isinstance(state_dict, (str, os.PathLike)):
         source = str(state_dict)
@@ -334,7 +352,7 @@ def load_reference_state_dict(model: UTAE,
         source = "the given state_dict"
     state = _as_state_dict(state_dict, source)
     own = model.state_dict()
-    heads = _head_prefixes(model)
+    heads = model.head_prefixes()
     head_keys = [k for k in own if any(k.startswith(p) for p in heads)]
     head_fits = all(k in state and state[k].shape == own[k].shape for k in head_keys)
     if not head_fits and strict_head:
@@ -345,13 +363,14 @@ def load_reference_state_dict(model: UTAE,
             f"{tuple(own[head_keys[0]].shape)} ({model.n_classes} classes)")
     loadable = {k: v for k, v in state.items()
                 if k in own and v.shape == own[k].shape and (head_fits or k not in head_keys)}
+    if not loadable:
+        raise CheckpointError(
+            f"{source} shares no parameter (name and shape) with the {model.display_name} to "
+            f"initialise (it holds e.g. {_fmt(list(state)[:3])}); is it a checkpoint of another "
+            "architecture?")
     model.load_state_dict(loadable, strict=False)
     if not head_fits:
-        seq = model.out_conv.conv.conv
-        for prefix in heads:
-            module = seq[int(prefix.rstrip(".").rsplit(".", 1)[1])]
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        model.reset_head()
     not_loaded = [k for k in own if k not in loadable]
     others = [k for k in not_loaded if k not in head_keys]
     if others:

@@ -14,12 +14,22 @@ computed for its real dates (see :class:`LTAE2d`).
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
-__all__ = ["PositionalEncoder", "MultiHeadAttention", "LTAE2d", "masked_group_norm"]
+__all__ = [
+    "PositionalEncoder",
+    "DayOfYearEncoder",
+    "MultiHeadAttention",
+    "LTAE2d",
+    "Crop2SegLTAE",
+    "masked_group_norm",
+    "day_of_year",
+]
 
 
 class PositionalEncoder(nn.Module):
@@ -34,12 +44,15 @@ class PositionalEncoder(nn.Module):
         T: period parameter (1000 in U-TAE).
         repeat: number of tiled copies (``None`` or 1: no tiling).
         offset: index of the first channel (kept for parity with the reference).
+        add_linear: follow the (tiled) encoding by a learnt ``Linear`` of the same width
+            (``fc``; Crop2Seg's ``add_linear`` option).
 
     The frequency table is a non-persistent buffer: it follows ``.to(device)`` and is not part
     of the ``state_dict``.
     """
 
-    def __init__(self, d: int, T: float = 1000, repeat: int | None = None, offset: int = 0):
+    def __init__(self, d: int, T: float = 1000, repeat: int | None = None, offset: int = 0,
+                 add_linear: bool = False):
         super().__init__()
         self.d = d
         self.T = T
@@ -47,6 +60,8 @@ class PositionalEncoder(nn.Module):
         exponent = 2 * (torch.arange(offset, offset + d, dtype=torch.float32) // 2) / d
         self.register_buffer("denom", torch.pow(float(T), exponent), persistent=False)
         self.register_buffer("even", torch.arange(d) % 2 == 0, persistent=False)
+        width = d * (repeat if repeat is not None and repeat > 1 else 1)
+        self.fc = nn.Linear(width, width) if add_linear else None
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """Encode positions.
@@ -59,6 +74,63 @@ class PositionalEncoder(nn.Module):
         """
         table = positions.to(self.denom.dtype)[..., None] / self.denom
         table = torch.where(self.even, torch.sin(table), torch.cos(table))
+        if self.repeat is not None and self.repeat > 1:
+            table = table.repeat(*([1] * (table.dim() - 1)), self.repeat)
+        return table if self.fc is None else self.fc(table)
+
+
+def day_of_year(batch_positions: torch.Tensor, reference_date: str | _dt.date) -> torch.Tensor:
+    """Day of year (1 = January 1st .. 366) of ``reference_date + batch_positions`` days.
+
+    Pure integer torch arithmetic (the proleptic Gregorian calendar), so it runs on any device
+    and inside a graph. Fractional positions are floored to whole days.
+
+    Args:
+        batch_positions: ``(batch, time)`` days since ``reference_date``.
+        reference_date: ISO date string or ``datetime.date``.
+
+    Returns:
+        ``(batch, time)`` int64.
+    """
+    ref = _dt.date.fromisoformat(str(reference_date)[:10]) if not isinstance(
+        reference_date, _dt.date) else reference_date
+    # H. Hinnant's civil_from_days on years that start on March 1st (leap day last)
+    z = torch.floor(batch_positions.to(torch.float64)).to(torch.int64) + (ref.toordinal() + 305)
+    era = torch.div(z, 146097, rounding_mode="floor")
+    doe = z - era * 146097  # day of the 400-year era, 0..146096
+    yoe = torch.div(doe - doe // 1460 + doe // 36524 - doe // 146096, 365, rounding_mode="floor")
+    doy_march = doe - (365 * yoe + yoe // 4 - yoe // 100)  # 0 = March 1st .. 365
+    # March..December: after January (31 days) and February (28 or 29) of the same year;
+    # January/February (doy_march >= 306) belong to the next calendar year
+    leap = ((yoe % 4 == 0) & ((yoe % 100 != 0) | (yoe == 0))).to(torch.int64)
+    doy = torch.where(doy_march >= 306, doy_march - 306, doy_march + 59 + leap)
+    return doy + 1
+
+
+class DayOfYearEncoder(nn.Module):
+    """A learnt embedding of the day of year (Crop2Seg's ``AbsolutePositionalEncoder``).
+
+    The reference one-hot encodes ``dayofyear`` (1..366) over 365 classes and applies
+    ``fc = Linear(365, d)``: the embedding of day ``j`` is ``fc.weight[:, j] + fc.bias``. Days 365
+    and 366, which make the reference fail, share the embedding of day 364 here.
+
+    Args:
+        d: embedding width (``d_model // n_head``).
+        repeat: number of tiled copies (one per head).
+    """
+
+    N_DAYS = 365
+
+    def __init__(self, d: int, repeat: int | None = None):
+        super().__init__()
+        self.d = d
+        self.repeat = repeat
+        self.fc = nn.Linear(self.N_DAYS, d)
+
+    def forward(self, doy: torch.Tensor) -> torch.Tensor:
+        """``(batch, time)`` day of year -> ``(batch, time, d * repeat)``."""
+        index = doy.to(torch.int64).clamp(0, self.N_DAYS - 1)
+        table = self.fc.weight.t()[index] + self.fc.bias
         if self.repeat is not None and self.repeat > 1:
             table = table.repeat(*([1] * (table.dim() - 1)), self.repeat)
         return table
@@ -76,17 +148,21 @@ class MultiHeadAttention(nn.Module):
         d_in: input width (must be divisible by ``n_head``).
         attn_dropout: dropout on the attention weights (training only).
 
+        query_axis: store ``Q`` as ``(n_head, 1, d_k)`` (Crop2Seg's layout, one query per head)
+            instead of U-TAE's ``(n_head, d_k)``; the computation is the same.
+
     State: ``Q`` ``(n_head, d_k)`` and ``fc1_k`` (``d_in -> n_head * d_k``).
     """
 
-    def __init__(self, n_head: int, d_k: int, d_in: int, attn_dropout: float = 0.1):
+    def __init__(self, n_head: int, d_k: int, d_in: int, attn_dropout: float = 0.1,
+                 query_axis: bool = False):
         super().__init__()
         if d_in % n_head:
             raise ValueError(f"d_in={d_in} must be divisible by n_head={n_head}")
         self.n_head = n_head
         self.d_k = d_k
         self.d_in = d_in
-        self.Q = nn.Parameter(torch.zeros(n_head, d_k))
+        self.Q = nn.Parameter(torch.zeros((n_head, 1, d_k) if query_axis else (n_head, d_k)))
         nn.init.normal_(self.Q, mean=0.0, std=math.sqrt(2.0 / d_k))
         self.fc1_k = nn.Linear(d_in, n_head * d_k)
         nn.init.normal_(self.fc1_k.weight, mean=0.0, std=math.sqrt(2.0 / d_k))
@@ -108,13 +184,58 @@ class MultiHeadAttention(nn.Module):
         """
         n, seq_len, _ = v.shape
         keys = self.fc1_k(v).view(n, seq_len, self.n_head, self.d_k)
-        scores = torch.einsum("hk,nthk->hnt", self.Q, keys) / self.temperature
+        query = self.Q.reshape(self.n_head, self.d_k)
+        scores = torch.einsum("hk,nthk->hnt", query, keys) / self.temperature
         if pad_mask is not None:
             scores = scores.masked_fill(pad_mask[None], torch.finfo(scores.dtype).min)
         attn = self.dropout(torch.softmax(scores, dim=-1))
         values = v.view(n, seq_len, self.n_head, self.d_in // self.n_head)
         output = torch.einsum("hnt,nthc->hnc", attn, values)
         return output, attn
+
+
+def pixel_attention(x: torch.Tensor, batch_positions: torch.Tensor | None,
+                    encode_dates: Callable[[torch.Tensor], torch.Tensor] | None,
+                    pad_mask: torch.Tensor | None, in_norm: nn.GroupNorm, inconv: nn.Module | None,
+                    attention: MultiHeadAttention,
+                    mask_padded_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-pixel core of an L-TAE: input norm, projection, date encoding, attention.
+
+    Args:
+        x: ``(batch, time, channels, h, w)`` feature maps.
+        batch_positions: ``(batch, time)`` days since the reference date.
+        encode_dates: ``batch_positions`` -> ``(batch, time, d_model)`` encoding added after the
+            projection, or None (no date encoding; ``batch_positions`` may then be None).
+        pad_mask: ``(batch, time)`` bool, True on padded dates, or None.
+        in_norm: the input GroupNorm (statistics over valid dates only with
+            ``mask_padded_norm``).
+        inconv: the 1x1 ``Conv1d`` projection to ``d_model``, or None.
+        attention: the master-query attention.
+
+    Returns:
+        ``(heads, attn)``: per-head outputs ``(n_head, batch*h*w, d_model // n_head)`` and
+        attention ``(n_head, batch*h*w, time)``, pixels in ``(batch, h, w)`` order.
+    """
+    b, t, c, h, w = x.shape
+    pe = None
+    if encode_dates is not None:
+        if batch_positions is None:
+            raise ValueError("batch_positions (batch, time) is required: the L-TAE encodes "
+                             "acquisition dates as days since the reference date")
+        pe = encode_dates(batch_positions)
+    out = x.permute(0, 3, 4, 1, 2).reshape(b * h * w, t, c)
+    pix_mask = None
+    if pad_mask is not None:
+        pix_mask = pad_mask[:, None, None, :].expand(b, h, w, t).reshape(b * h * w, t)
+    if pix_mask is not None and mask_padded_norm and bool(pad_mask.any()):
+        out = masked_group_norm(out, ~pix_mask, in_norm)
+    else:
+        out = in_norm(out.transpose(1, 2)).transpose(1, 2)
+    if inconv is not None:
+        out = inconv(out.transpose(1, 2)).transpose(1, 2)
+    if pe is not None:
+        out = out + pe[:, None, None].expand(b, h, w, t, pe.shape[-1]).reshape(b * h * w, t, -1)
+    return attention(out, pad_mask=pix_mask)
 
 
 def masked_group_norm(x: torch.Tensor, valid: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
@@ -230,23 +351,9 @@ class LTAE2d(nn.Module):
             ``(n_head, batch, time, h, w)``.
         """
         b, t, c, h, w = x.shape
-        out = x.permute(0, 3, 4, 1, 2).reshape(b * h * w, t, c)
-        pix_mask = None
-        if pad_mask is not None:
-            pix_mask = pad_mask[:, None, None, :].expand(b, h, w, t).reshape(b * h * w, t)
-        if pix_mask is not None and self.mask_padded_norm and bool(pad_mask.any()):
-            out = masked_group_norm(out, ~pix_mask, self.in_norm)
-        else:
-            out = self.in_norm(out.transpose(1, 2)).transpose(1, 2)
-        if self.inconv is not None:
-            out = self.inconv(out.transpose(1, 2)).transpose(1, 2)
-        if self.positional_encoder is not None:
-            if batch_positions is None:
-                raise ValueError("batch_positions (batch, time) is required: the L-TAE encodes "
-                                 "acquisition dates as days since the reference date")
-            pe = self.positional_encoder(batch_positions)  # (b, t, d_model)
-            out = out + pe[:, None, None].expand(b, h, w, t, self.d_model).reshape(b * h * w, t, -1)
-        out, attn = self.attention_heads(out, pad_mask=pix_mask)
+        out, attn = pixel_attention(x, batch_positions, self.positional_encoder, pad_mask,
+                                    self.in_norm, self.inconv, self.attention_heads,
+                                    self.mask_padded_norm)
         out = out.permute(1, 0, 2).reshape(b * h * w, -1)  # concatenate heads
         out = self.out_norm(self.dropout(self.mlp(out)))
         out = out.view(b, h, w, -1).permute(0, 3, 1, 2)
@@ -254,3 +361,141 @@ class LTAE2d(nn.Module):
         if self.return_att:
             return out, attn
         return out
+
+
+class Crop2SegLTAE(nn.Module):
+    """Crop2Seg's L-TAE variant (``LTAE`` / ``LTAE4WTAE`` of its ``src/backbones/tae.py``).
+
+    The same per-pixel computation as :class:`LTAE2d`, with Crop2Seg's parameter layout and its
+    date-encoding options. Used at full resolution by Time-Unet and, attention only, on the
+    reduced branch of W-TAE.
+
+    Args:
+        in_channels: channels of the input feature maps (divisible by ``n_head``).
+        n_head: attention heads (divides ``in_channels``, ``d_model`` and ``out_channels``).
+        d_k: key/query width per head.
+        d_model: width after the input 1x1 projection (``None``: no projection).
+        out_channels: width of the output embedding (one ``Linear + BatchNorm1d + ReLU``, then
+            GroupNorm). ``None``: attention only -- :meth:`forward` returns the masks alone and
+            the module holds no MLP / output norm (``LTAE4WTAE``).
+        dropout: dropout after the MLP (training only).
+        T: period of the sinusoidal date encoding (fixed to 1000 in the reference).
+        use_doy: encode dates by their day of year with a learnt embedding
+            (:class:`DayOfYearEncoder`) instead of the sinusoid of days since the reference
+            date, so a model does not tie a season to one year. With ``add_linear`` the
+            reference instead applies the sinusoid (+ linear) to the day of year; so does this.
+        use_abs_rel_enc: add both encodings, the sinusoid of days since the reference date and
+            the day-of-year embedding (``positional_encoder_abs``); takes precedence over
+            ``use_doy``.
+        add_linear: a learnt ``Linear`` after the sinusoid (``positional_encoder.fc``).
+        reference_date: ISO date the positions count from; required by ``use_doy`` and
+            ``use_abs_rel_enc`` (the reference fed days of year from its dataset; here they are
+            derived from ``batch_positions``, so the model keeps the package's input contract).
+        positional_encoding: add a date encoding at all.
+        mask_padded_norm: padded dates are left out of the input GroupNorm statistics (default),
+            so padding never changes the result; ``False`` reproduces the reference.
+
+    State dict keys (as the reference): ``inconv``, ``attention_head.{Q (n_head, 1, d_k),
+    fc1_k}``, ``in_norm``, ``positional_encoder.fc`` / ``positional_encoder_abs.fc`` when the
+    options ask for them, and unless attention only ``mlp.0`` (Linear), ``mlp.2``
+    (BatchNorm1d), ``out_norm``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 128,
+        n_head: int = 16,
+        d_k: int = 4,
+        d_model: int | None = 256,
+        out_channels: int | None = 128,
+        dropout: float = 0.2,
+        T: float = 1000,
+        use_doy: bool = False,
+        use_abs_rel_enc: bool = False,
+        add_linear: bool = False,
+        reference_date: str | None = None,
+        positional_encoding: bool = True,
+        mask_padded_norm: bool = True,
+    ):
+        super().__init__()
+        self.in_channels = in_channels
+        self.n_head = n_head
+        self.d_model = d_model if d_model is not None else in_channels
+        self.mask_padded_norm = mask_padded_norm
+        self.use_abs_rel_enc = bool(use_abs_rel_enc)
+        self.use_doy = bool(use_doy) and not self.use_abs_rel_enc
+        self.add_linear = bool(add_linear)
+        widths = [("in_channels", in_channels), ("d_model", self.d_model)]
+        if out_channels is not None:
+            widths.append(("out_channels", out_channels))
+        for name, width in widths:
+            if width % n_head:
+                raise ValueError(f"{name}={width} must be divisible by n_head={n_head}")
+        needs_date = positional_encoding and (self.use_doy or self.use_abs_rel_enc)
+        self.reference_date: _dt.date | None = None
+        if reference_date is not None:
+            try:
+                self.reference_date = _dt.date.fromisoformat(str(reference_date)[:10])
+            except ValueError:
+                raise ValueError(f"reference_date {reference_date!r} is not an ISO date "
+                                 "(YYYY-MM-DD)") from None
+        if needs_date and self.reference_date is None:
+            raise ValueError("use_doy / use_abs_rel_enc need reference_date (the ISO date "
+                             "batch_positions count days from) to derive the day of year")
+
+        self.inconv = nn.Conv1d(in_channels, d_model, 1) if d_model is not None else None
+        d_head = self.d_model // n_head
+        self.positional_encoder: nn.Module | None = None
+        self.positional_encoder_abs: nn.Module | None = None
+        if positional_encoding:
+            if self.use_doy and not self.add_linear:
+                self.positional_encoder = DayOfYearEncoder(d_head, repeat=n_head)
+            else:
+                self.positional_encoder = PositionalEncoder(d_head, T=T, repeat=n_head,
+                                                            add_linear=self.add_linear)
+            if self.use_abs_rel_enc:
+                self.positional_encoder_abs = DayOfYearEncoder(d_head, repeat=n_head)
+        self.attention_head = MultiHeadAttention(n_head=n_head, d_k=d_k, d_in=self.d_model,
+                                                 query_axis=True)
+        self.in_norm = nn.GroupNorm(num_groups=n_head, num_channels=in_channels)
+        self.attention_only = out_channels is None
+        if not self.attention_only:
+            self.out_norm = nn.GroupNorm(num_groups=n_head, num_channels=out_channels)
+            # Identity placeholders keep the reference's indices (its Rearranges): Linear at
+            # mlp.0, BatchNorm1d at mlp.2
+            self.mlp = nn.Sequential(nn.Linear(self.d_model, out_channels), nn.Identity(),
+                                     nn.BatchNorm1d(out_channels), nn.Identity(), nn.ReLU(),
+                                     nn.Dropout(dropout))
+
+    def encode_dates(self, batch_positions: torch.Tensor) -> torch.Tensor:
+        """``(batch, time)`` days since the reference date -> ``(batch, time, d_model)``."""
+        if self.use_abs_rel_enc:
+            doy = day_of_year(batch_positions, self.reference_date)
+            return self.positional_encoder(batch_positions) + self.positional_encoder_abs(doy)
+        if self.use_doy:  # the embedding, or with add_linear the sinusoid, of the day of year
+            return self.positional_encoder(day_of_year(batch_positions, self.reference_date))
+        return self.positional_encoder(batch_positions)
+
+    def forward(self, x: torch.Tensor, batch_positions: torch.Tensor | None = None,
+                pad_mask: torch.Tensor | None = None):
+        """Collapse the time axis (or only compute the attention masks).
+
+        Args:
+            x: ``(batch, time, in_channels, h, w)`` feature maps.
+            batch_positions: ``(batch, time)`` days since the reference date.
+            pad_mask: optional ``(batch, time)`` bool, True on padded dates.
+
+        Returns:
+            ``(out, attn)``: embedding ``(batch, out_channels, h, w)`` and attention
+            ``(n_head, batch, time, h, w)``; attention only: ``attn`` alone.
+        """
+        b, t, c, h, w = x.shape
+        encode = self.encode_dates if self.positional_encoder is not None else None
+        heads, attn = pixel_attention(x, batch_positions, encode, pad_mask, self.in_norm,
+                                      self.inconv, self.attention_head, self.mask_padded_norm)
+        attn = attn.view(self.n_head, b, h, w, t).permute(0, 1, 4, 2, 3)
+        if self.attention_only:
+            return attn
+        out = heads.permute(1, 0, 2).reshape(b * h * w, -1)  # concatenate heads
+        out = self.out_norm(self.mlp(out))
+        return out.view(b, h, w, -1).permute(0, 3, 1, 2), attn

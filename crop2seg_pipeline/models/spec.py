@@ -17,7 +17,6 @@ import numpy as np
 
 from ..kernels.windows import date_positions
 from ..nomenclature import BANDS, CLASS_NAMES, DEFAULT_UNCLEAR_SCL, NOT_CLASSIFIED
-from .presets import downscale_of
 
 __all__ = ["ModelSpec", "read_model_spec"]
 
@@ -91,7 +90,8 @@ def read_model_spec(weights_dir: str | os.PathLike) -> ModelSpec:
     from . import CheckpointError, load_model
 
     folder = Path(weights_dir).expanduser().resolve()
-    _, meta = load_model(folder, "cpu", expect_classes=list(CLASS_NAMES))
+    model = load_model(folder, "cpu", expect_classes=list(CLASS_NAMES))
+    meta = model.meta
     model_json = folder / "model.json"
     norm = meta.get("normalization") or {}
     missing = [k for k, v in (("bands", meta.get("bands")), ("normalization.mean", norm.get("mean")),
@@ -119,7 +119,7 @@ def read_model_spec(weights_dir: str | os.PathLike) -> ModelSpec:
         ref = dt.date.fromisoformat(str(meta["reference_date"])[:10]).isoformat()
     except ValueError:
         raise CheckpointError(f"{model_json}: reference_date {meta['reference_date']!r} is not an ISO date") from None
-    downscale = downscale_of(meta["config"])
+    downscale = int(model.downscale)
     patch = int(meta.get("patch_size", 128))
     if patch < downscale or patch % downscale:
         raise CheckpointError(f"{model_json}: patch_size {patch} is not a multiple of the model's {downscale}")

@@ -16,7 +16,6 @@ the reference date; logits are ``(batch, class, y, x)``. ``y`` and ``x`` must be
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -24,23 +23,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from crop2seg_pipeline.errors import Crop2SegError
-
+from .base import ModelConfigError, SegmentationModel
 from .ltae import LTAE2d
-from .presets import PRESETS, downscale_of  # noqa: F401  (PRESETS re-exported here)
+from .presets import MODELS
 
 __all__ = [
     "UTAE",
     "UTAEOutput",
     "ModelConfigError",
     "PRESETS",
-    "build_model",
     "boundary_target",
+    "ConvLayer",
+    "ConvBlock",
+    "DownConvBlock",
+    "UpConvBlock",
+    "TemporalAggregator",
+    "encoder_blocks",
+    "decoder_blocks",
+    "unet_forward",
 ]
-
-
-class ModelConfigError(Crop2SegError, ValueError):
-    """A model configuration (preset name, widths, heads...) is inconsistent or unknown."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -59,23 +60,49 @@ def _norm_factory(norm: str | None, n_groups: int = 4):
     raise ModelConfigError(f"unknown norm {norm!r}: use 'group', 'batch', 'instance' or 'none'")
 
 
+class DepthwiseSeparableConv2d(nn.Module):
+    """A depthwise ``k x k`` conv (one filter per channel) then a pointwise 1x1 conv, no biases.
+
+    ``(n, d_in, y, x) -> (n, d_out, y', x')``; state ``depthwise.weight`` ``(d_in, 1, k, k)`` and
+    ``pointwise.weight`` ``(d_out, d_in, 1, 1)``, as Crop2Seg's ``DepthwiseSeparableConv2D``.
+    """
+
+    def __init__(self, d_in: int, d_out: int, kernel_size: int = 3, padding: int = 1,
+                 stride: int = 1, padding_mode: str = "zeros"):
+        super().__init__()
+        self.depthwise = nn.Conv2d(d_in, d_in, kernel_size=kernel_size, padding=padding,
+                                   stride=stride, padding_mode=padding_mode, groups=d_in,
+                                   bias=False)
+        self.pointwise = nn.Conv2d(d_in, d_out, kernel_size=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+CONV_TYPES = ("2d", "depthwise_separable")
+
+
 class ConvLayer(nn.Module):
-    """A stack of ``Conv2d -> norm -> ReLU`` for consecutive widths ``nkernels``.
+    """A stack of ``conv -> norm -> ReLU`` for consecutive widths ``nkernels``.
 
     Input ``(n, nkernels[0], y, x)``; output ``(n, nkernels[-1], y', x')``. With
-    ``last_relu=False`` the last ReLU is dropped (the last norm is kept).
+    ``last_relu=False`` the last ReLU is dropped (the last norm is kept). ``conv_type``:
+    ``2d`` (``nn.Conv2d``) or ``depthwise_separable`` (:class:`DepthwiseSeparableConv2d`).
     """
 
     def __init__(self, nkernels: Sequence[int], norm: str | None = "batch", k: int = 3,
                  s: int = 1, p: int = 1, n_groups: int = 4, last_relu: bool = True,
-                 padding_mode: str = "reflect"):
+                 padding_mode: str = "reflect", conv_type: str = "2d"):
         super().__init__()
+        if conv_type not in CONV_TYPES:
+            raise ModelConfigError(f"unknown conv_type {conv_type!r}: use one of {CONV_TYPES}")
+        conv = nn.Conv2d if conv_type == "2d" else DepthwiseSeparableConv2d
         make_norm = _norm_factory(norm, n_groups)
         layers: list[nn.Module] = []
         n_conv = len(nkernels) - 1
         for i in range(n_conv):
-            layers.append(nn.Conv2d(nkernels[i], nkernels[i + 1], kernel_size=k, padding=p,
-                                    stride=s, padding_mode=padding_mode))
+            layers.append(conv(nkernels[i], nkernels[i + 1], kernel_size=k, padding=p,
+                               stride=s, padding_mode=padding_mode))
             if make_norm is not None:
                 layers.append(make_norm(nkernels[i + 1]))
             if last_relu or i < n_conv - 1:
@@ -102,15 +129,20 @@ class ConvBlock(nn.Module):
 class DownConvBlock(nn.Module):
     """Strided conv (downsampling by ``s``) then conv1 and a residual conv2.
 
-    ``(n, d_in, y, x) -> (n, d_out, y / s, x / s)`` with the default k=4, s=2, p=1.
+    ``(n, d_in, y, x) -> (n, d_out, y / s, x / s)`` with the default k=4, s=2, p=1;
+    ``conv_type`` as in :class:`ConvLayer`.
     """
 
     def __init__(self, d_in: int, d_out: int, k: int, s: int, p: int,
-                 norm: str | None = "batch", padding_mode: str = "reflect"):
+                 norm: str | None = "batch", padding_mode: str = "reflect",
+                 conv_type: str = "2d"):
         super().__init__()
-        self.down = ConvLayer([d_in, d_in], norm=norm, k=k, s=s, p=p, padding_mode=padding_mode)
-        self.conv1 = ConvLayer([d_in, d_out], norm=norm, padding_mode=padding_mode)
-        self.conv2 = ConvLayer([d_out, d_out], norm=norm, padding_mode=padding_mode)
+        self.down = ConvLayer([d_in, d_in], norm=norm, k=k, s=s, p=p, padding_mode=padding_mode,
+                              conv_type=conv_type)
+        self.conv1 = ConvLayer([d_in, d_out], norm=norm, padding_mode=padding_mode,
+                               conv_type=conv_type)
+        self.conv2 = ConvLayer([d_out, d_out], norm=norm, padding_mode=padding_mode,
+                               conv_type=conv_type)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(self.down(x))
@@ -199,7 +231,7 @@ class TemporalAggregator(nn.Module):
         return out.permute(1, 0, 2, 3, 4).reshape(b, c, hx, wx)
 
 
-def _shared_forward(block: nn.Module, x: torch.Tensor, pad_mask: torch.Tensor | None,
+def shared_forward(block: nn.Module, x: torch.Tensor, pad_mask: torch.Tensor | None,
                     pad_value: float) -> torch.Tensor:
     """Apply a 2D block to every (sample, date) image; padded dates are skipped.
 
@@ -216,6 +248,66 @@ def _shared_forward(block: nn.Module, x: torch.Tensor, pad_mask: torch.Tensor | 
         out = out_valid.new_full((b * t, *out_valid.shape[1:]), float(pad_value))
         out = out.index_put((valid,), out_valid)
     return out.view(b, t, *out.shape[1:])
+
+
+def encoder_blocks(widths: Sequence[int], k: int, s: int, p: int, norm: str | None,
+                   padding_mode: str, conv_type: str = "2d") -> nn.ModuleList:
+    """The ``len(widths) - 1`` :class:`DownConvBlock` of a U-Net encoder, ``widths[i] -> [i+1]``."""
+    return nn.ModuleList(
+        DownConvBlock(widths[i], widths[i + 1], k=k, s=s, p=p, norm=norm,
+                      padding_mode=padding_mode, conv_type=conv_type)
+        for i in range(len(widths) - 1)
+    )
+
+
+def decoder_blocks(encoder_widths: Sequence[int], decoder_widths: Sequence[int], k: int, s: int,
+                   p: int, padding_mode: str) -> nn.ModuleList:
+    """The :class:`UpConvBlock` of a U-Net decoder, lowest resolution first (BatchNorm)."""
+    return nn.ModuleList(
+        UpConvBlock(decoder_widths[i], decoder_widths[i - 1], d_skip=encoder_widths[i - 1],
+                    k=k, s=s, p=p, norm="batch", padding_mode=padding_mode)
+        for i in range(len(encoder_widths) - 1, 0, -1)
+    )
+
+
+def unet_forward(x: torch.Tensor, down_blocks: nn.ModuleList,
+                 up_blocks: nn.ModuleList) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A plain 2D U-Net pass (skips concatenated as they are, no temporal aggregation).
+
+    Args:
+        x: ``(batch, encoder_widths[0], y, x)``.
+
+    Returns:
+        ``(out, maps)``: ``out`` ``(batch, decoder_widths[0], y, x)``; ``maps`` the decoder maps
+        from the lowest resolution (the encoder's last output) to the highest.
+    """
+    feature_maps = [x]
+    for block in down_blocks:
+        feature_maps.append(block(feature_maps[-1]))
+    out = feature_maps[-1]
+    maps = [out]
+    for i, block in enumerate(up_blocks):
+        out = block(out, feature_maps[-(i + 2)])
+        maps.append(out)
+    return out, maps
+
+
+def check_unet_widths(encoder_widths: Sequence[int], decoder_widths: Sequence[int],
+                      out_conv: Sequence[int], encoder_norm: str | None) -> list[str]:
+    """Problems (as sentences) of a U-Net width configuration; empty when it is consistent."""
+    enc, dec = list(encoder_widths), list(decoder_widths)
+    problems = []
+    if len(enc) < 1 or len(enc) != len(dec):
+        problems.append(f"encoder_widths {enc} and decoder_widths {dec} need the same "
+                        "non-zero length")
+    elif enc[-1] != dec[-1]:
+        problems.append(f"encoder_widths[-1]={enc[-1]} must equal decoder_widths[-1]={dec[-1]}")
+    if not out_conv:
+        problems.append("out_conv needs at least one width (the number of classes)")
+    if encoder_norm == "group" and any(w % 4 for w in enc):
+        problems.append(f"with encoder_norm='group' every encoder width must be divisible "
+                        f"by 4, got {enc}")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,7 +333,7 @@ class UTAEOutput:
     boundary_logits: torch.Tensor | None = None
 
 
-class UTAE(nn.Module):
+class UTAE(SegmentationModel):
     """U-TAE semantic segmentation network for image time series.
 
     Args:
@@ -270,6 +362,9 @@ class UTAE(nn.Module):
     ``model.config`` is a JSON-serialisable dict such that ``UTAE(**model.config)`` rebuilds the
     same architecture.
     """
+
+    architecture = "utae"
+    display_name = "U-TAE"
 
     def __init__(
         self,
@@ -314,17 +409,10 @@ class UTAE(nn.Module):
 
         self.in_conv = ConvBlock([input_dim, encoder_widths[0], encoder_widths[0]],
                                  norm=encoder_norm, padding_mode=padding_mode)
-        self.down_blocks = nn.ModuleList(
-            DownConvBlock(encoder_widths[i], encoder_widths[i + 1], k=str_conv_k, s=str_conv_s,
-                          p=str_conv_p, norm=encoder_norm, padding_mode=padding_mode)
-            for i in range(self.n_stages - 1)
-        )
-        self.up_blocks = nn.ModuleList(
-            UpConvBlock(decoder_widths[i], decoder_widths[i - 1], d_skip=encoder_widths[i - 1],
-                        k=str_conv_k, s=str_conv_s, p=str_conv_p, norm="batch",
-                        padding_mode=padding_mode)
-            for i in range(self.n_stages - 1, 0, -1)
-        )
+        self.down_blocks = encoder_blocks(encoder_widths, str_conv_k, str_conv_s, str_conv_p,
+                                          encoder_norm, padding_mode)
+        self.up_blocks = decoder_blocks(encoder_widths, decoder_widths, str_conv_k, str_conv_s,
+                                        str_conv_p, padding_mode)
         self.temporal_encoder = LTAE2d(
             in_channels=encoder_widths[-1], d_model=d_model, n_head=n_head,
             mlp=[d_model, encoder_widths[-1]], return_att=True, d_k=d_k, T=T,
@@ -345,19 +433,8 @@ class UTAE(nn.Module):
 
     @staticmethod
     def _check(input_dim, enc, dec, out_conv, agg_mode, encoder_norm, n_head, d_model) -> None:
-        problems = []
-        if input_dim < 1:
-            problems.append(f"input_dim={input_dim} must be >= 1")
-        if len(enc) < 1 or len(enc) != len(dec):
-            problems.append(f"encoder_widths {enc} and decoder_widths {dec} need the same "
-                            "non-zero length")
-        elif enc[-1] != dec[-1]:
-            problems.append(f"encoder_widths[-1]={enc[-1]} must equal decoder_widths[-1]={dec[-1]}")
-        if not out_conv:
-            problems.append("out_conv needs at least one width (the number of classes)")
-        if encoder_norm == "group" and any(w % 4 for w in enc):
-            problems.append(f"with encoder_norm='group' every encoder width must be divisible "
-                            f"by 4, got {enc}")
+        problems = [] if input_dim >= 1 else [f"input_dim={input_dim} must be >= 1"]
+        problems += check_unet_widths(enc, dec, out_conv, encoder_norm)
         if d_model % n_head or (enc and enc[-1] % n_head):
             problems.append(f"n_head={n_head} must divide d_model={d_model} and "
                             f"encoder_widths[-1]={enc[-1] if enc else None}")
@@ -367,50 +444,19 @@ class UTAE(nn.Module):
         if problems:
             raise ModelConfigError("invalid U-TAE configuration: " + "; ".join(problems))
 
-    # ------------------------------------------------------------------ properties
-    @property
-    def config(self) -> dict[str, Any]:
-        """JSON-serialisable constructor arguments: ``UTAE(**model.config)`` rebuilds the model."""
-        return json.loads(json.dumps(self._config))
-
     @property
     def n_classes(self) -> int:
         """Number of output classes (``out_conv[-1]``)."""
         return self._config["out_conv"][-1]
 
-    @property
-    def input_dim(self) -> int:
-        """Number of input bands."""
-        return self._config["input_dim"]
-
     # ------------------------------------------------------------------ forward
-    def pad_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """``(batch, time)`` bool: True for dates whose every value equals ``pad_value``."""
-        return (x == self.pad_value).flatten(2).all(dim=-1)
-
-    def _check_input(self, x: torch.Tensor, batch_positions: torch.Tensor | None) -> None:
-        if x.dim() != 5:
-            raise ValueError(f"x must be (batch, time, band, y, x), got shape {tuple(x.shape)}")
-        b, t, c, h, w = x.shape
-        if c != self.input_dim:
-            raise ValueError(f"x has {c} bands, the model expects {self.input_dim}")
-        if h % self.downscale or w % self.downscale:
-            raise ValueError(f"spatial size {h}x{w} must be a multiple of {self.downscale}; "
-                             "pad the patch first")
-        if batch_positions is None:
-            raise ValueError("batch_positions (batch, time) in days since the reference date "
-                             "is required")
-        if tuple(batch_positions.shape) != (b, t):
-            raise ValueError(f"batch_positions must be (batch, time) = {(b, t)}, got "
-                             f"{tuple(batch_positions.shape)}")
-
     def _decode(self, x: torch.Tensor, batch_positions: torch.Tensor):
-        self._check_input(x, batch_positions)
+        self.check_input(x, batch_positions)
         pad_mask = self.pad_mask(x)
-        out = _shared_forward(self.in_conv, x, pad_mask, self.pad_value)
+        out = shared_forward(self.in_conv, x, pad_mask, self.pad_value)
         feature_maps = [out]
         for block in self.down_blocks:
-            out = _shared_forward(block, out, pad_mask, self.pad_value)
+            out = shared_forward(block, out, pad_mask, self.pad_value)
             feature_maps.append(out)
         out, att = self.temporal_encoder(out, batch_positions=batch_positions, pad_mask=pad_mask)
         maps = [out]
@@ -456,30 +502,15 @@ class UTAE(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Presets and helpers (the presets themselves are data, in presets.py: no torch needed to read them)
+# Presets and helpers
 # --------------------------------------------------------------------------------------------
 
-def build_model(name: str, n_classes: int, input_dim: int = 10, **overrides: Any) -> UTAE:
-    """Build a preset U-TAE.
-
-    Args:
-        name: ``"utae"`` (published configuration) or ``"utae-small"``.
-        n_classes: number of output classes (appended to the preset's ``out_conv``).
-        input_dim: number of input bands.
-        **overrides: any :class:`UTAE` argument. An ``out_conv`` override is used as given when
-            it ends with ``n_classes``, else ``n_classes`` is appended to it.
-
-    Raises:
-        ModelConfigError: unknown preset name or inconsistent configuration.
-    """
-    if name not in PRESETS:
-        raise ModelConfigError(f"unknown model {name!r}: choose one of {sorted(PRESETS)}")
-    config = {**PRESETS[name], **overrides}
-    out_conv = [int(v) for v in config["out_conv"]]
-    if not out_conv or out_conv[-1] != n_classes or "out_conv" not in overrides:
-        out_conv = out_conv + [int(n_classes)]
-    config["out_conv"] = out_conv
-    return UTAE(input_dim=input_dim, **config)
+#: The U-TAE entries of :data:`~.presets.MODELS`: "utae" is the published PASTIS setup
+#: (1,087,260 parameters with 20 classes, 1,085,805 with 15), "utae-small" (89,213) trains in
+#: minutes on a laptop CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    name: dict(preset) for name, (arch, preset) in MODELS.items() if arch == "utae"
+}
 
 
 def boundary_target(label: torch.Tensor, ignore_index: int | None = 14) -> torch.Tensor:

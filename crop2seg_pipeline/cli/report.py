@@ -1,0 +1,72 @@
+"""``crop2seg-report``: a thin click wrapper over :func:`crop2seg_pipeline.report.make_report`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from ..errors import Crop2SegError
+from ..workflow import workflow_option
+from . import CONTEXT, fail, quiet_opt, setup_logging, verbose_opt, workers_ignore_sigint
+
+log = logging.getLogger("crop2seg_pipeline")
+
+
+@click.command(context_settings=CONTEXT)
+@workflow_option("report")
+@click.argument("source", required=False, type=click.Path())
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Report folder (new, empty, or an earlier report's; any other content is refused).")
+@click.option("--min-clear", default=0.9, type=float,
+              help="Store reports: a (patch, date) enters the temporal profiles when its clear-sky fraction "
+                   "(the store's 'clear') is at least this; the store has no per-pixel cloud mask.")
+@click.option("--bands", default="B04,B08,B11",
+              help="Store reports: comma-separated bands profiled besides NDVI.")
+@click.option("--top", default=12, type=int,
+              help="Prediction reports: disagreeing parcels shown with thumbnails, most confident first.")
+@click.option("--cluster", default="local",
+              help="Store reports: a spec name, spec YAML path or scheduler address tcp://HOST:PORT.")
+@click.option("--workers", default=None, type=int, help="Local cluster: number of workers (default: one per core).")
+@click.option("--threads-per-worker", default=None, type=int, help="Local cluster: threads per worker (default 1).")
+@click.option("--memory-limit", default=None, help="Local cluster: memory limit per worker, e.g. 4GB.")
+@verbose_opt
+@quiet_opt
+def report_cmd(source, out, min_clear, bands, top, cluster, workers, threads_per_worker, memory_limit, verbose,
+               quiet):
+    """Write a self-contained HTML report (+ PNG figures, CSV tables) of a patch store or a prediction.
+
+    SOURCE is a patch store (crop2seg-build-dataset --out: class distribution, per-class NDVI and
+    band temporal profiles, clear sky per date, patch map by split, normalization statistics,
+    computed on the Dask cluster one patch per task) or a prediction folder (crop2seg-predict
+    --out: area per class, agreement per declared class, declared-vs-predicted confusion, the
+    most confident disagreeing parcels with thumbnails, the quicklook). OUT/index.html opens
+    offline: its figures are embedded.
+    """
+    setup_logging(verbose, quiet)
+    from ..cluster import connect
+    from ..report import check_report, make_report
+
+    if source is None:
+        raise click.UsageError("give SOURCE: a patch store or a crop2seg-predict output folder")
+    if out is None:
+        raise click.UsageError("--out is required")
+    band_list = tuple(b.strip() for b in bands.split(",") if b.strip())
+    opts = dict(min_clear=min_clear, bands=band_list, top=top)
+    try:
+        kind, _ = check_report(source, out, **opts)
+        if kind == "prediction":
+            summary = make_report(source, out, progress=log.info, **opts)
+        else:
+            with workers_ignore_sigint(cluster), connect(cluster, n_workers=workers,
+                                                         threads_per_worker=threads_per_worker,
+                                                         memory_limit=memory_limit) as client:
+                click.echo(f"Dask dashboard: {client.dashboard_link}")
+                summary = make_report(source, out, client=client, progress=log.info, **opts)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: no report was written", err=True)
+        sys.exit(130)
+    except Crop2SegError as e:
+        raise fail(e) from e
+    click.echo(summary.format())

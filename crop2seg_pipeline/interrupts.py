@@ -151,8 +151,13 @@ def deferred(block_sigint: bool = False) -> Iterator[None]:
 
 
 def interrupt_pending() -> bool:
-    """Whether a signal is being held back by :func:`deferred`."""
-    return _State.pending is not None
+    """Whether a signal is being held back by :func:`deferred`: recorded by the handler, or still
+    pending in the kernel because every thread blocks it (``block_sigint``)."""
+    if _State.pending is not None:
+        return True
+    if hasattr(signal, "sigpending"):
+        return bool(set(signal.sigpending()) & set(SIGNALS))
+    return False
 
 
 def hold_point(name: str) -> None:

@@ -211,3 +211,27 @@ def test_manifest_of_the_clean_prediction_lists_sizes_and_checksums(clean_predic
         data = (clean_prediction / name).read_bytes()
         assert e["size"] == len(data) and e["sha256"] == hashlib.sha256(data).hexdigest(), name
     assert sorted(p.name for p in clean_prediction.iterdir()) == sorted(names | {"manifest.json"})
+
+
+_ALL_BLOCKED = """
+import os, signal, threading
+from crop2seg_pipeline.interrupts import Interrupted, deferred, interrupt_pending, signals_as_exceptions
+with signals_as_exceptions():
+    try:
+        with deferred(block_sigint=True):
+            t = threading.Thread(target=threading.Event().wait, args=(5,), daemon=True)
+            t.start()  # every thread of the process now blocks SIGINT: the kernel keeps it pending
+            os.kill(os.getpid(), signal.SIGINT)
+            print("pending", interrupt_pending(), flush=True)
+        print("not raised")
+    except Interrupted as e:
+        print("raised", e.exit_code)
+"""
+
+
+def test_a_sigint_every_thread_blocks_is_seen_as_pending_and_raised_after_the_block():
+    """With every thread blocking SIGINT (a cluster starting), a Ctrl-C stays pending in the
+    kernel: the pause hook must see it (or it would wait for its deadline) and the end of the
+    block raises it."""
+    res = subprocess.run([sys.executable, "-c", _ALL_BLOCKED], capture_output=True, text=True, timeout=DEADLINE_S)
+    assert res.stdout.split("\n")[:2] == ["pending True", "raised 130"], res.stdout + res.stderr

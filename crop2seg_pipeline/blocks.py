@@ -279,7 +279,7 @@ def _check_against_item(f: _File, ref: AssetRef) -> None:
 
 
 def _fmt(t: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{v:g}" for v in t) + ")"
+    return "(" + ", ".join(f"{v:.12g}" for v in t) + ")"
 
 
 def _open(ref: AssetRef | str) -> _File:
@@ -423,11 +423,18 @@ def _as_window(src: CubeSource, window: Grid | tuple[int, int, int, int]) -> Gri
 
 
 def _intersects(ref: AssetRef, window: Grid) -> bool:
+    """Whether ``ref`` (as its item places it) overlaps ``window``. A file that does not is still
+    checked against its item once per thread: a file whose real georeference disagrees with its
+    item (which would place it elsewhere) is an error, never a silently empty band."""
     if ref.epsg != window.epsg:
         return True  # the warper decides
     a = ref.bounds()
     b = window.bounds
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+    if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+        return True
+    if ref.href not in _FILES.checked:
+        _with_retries(ref, lambda f: None)
+    return False
 
 
 def _scl_of(src: CubeSource, i: int, window: Grid, out: np.ndarray | None = None) -> np.ndarray:

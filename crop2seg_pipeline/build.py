@@ -52,7 +52,12 @@ from .kernels.patches import Moments, assign_splits
 from .mapping import CropMapping
 from .nomenclature import BANDS, CLASS_NAMES, DEFAULT_UNCLEAR_SCL, N_CLASSES, NOT_CLASSIFIED
 from .parcels import ParcelReport, read_parcels
-from .store import CODECS, DEFAULT_CODEC, create_skeleton, finalize, prepare_target, read_attrs, read_markers
+from .checks import (check_bbox, check_dates, check_fraction, check_patch_size, check_percent, check_split,
+                     check_target_crs)
+from .interrupts import pause_point
+from .locks import writer_lock
+from .store import (CODECS, DEFAULT_CODEC, clear_store, create_skeleton, finalize, prepare_target, read_attrs,
+                    read_markers, write_json_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,9 @@ class BuildConfig:
     resampling_20m : how 20 m bands reach 10 m (see :func:`crop2seg_pipeline.cube.load_cube`)
     codec : compression of the patch arrays (:data:`crop2seg_pipeline.store.CODECS`)
     unclear_scl : SCL classes that are not clear sky
+    epsg : CRS of the output grids (EPSG code of a projected CRS in metres); None: each tile's
+        items' own CRS (an error when a tile's items are in several)
+    antimeridian : ``bbox`` (lon/lat) crosses the 180th meridian: minx is east of it, maxx west
     """
 
     items: Any
@@ -109,13 +117,20 @@ class BuildConfig:
     unclear_scl: tuple[int, ...] = DEFAULT_UNCLEAR_SCL
     codec: str = DEFAULT_CODEC
 
+    epsg: int | None = None
+    antimeridian: bool = False
+
     def validate(self) -> None:
-        if self.patch_size < 8:
-            raise Crop2SegError(f"--patch-size must be at least 8, got {self.patch_size}")
-        if not 0.0 <= self.min_crop_cover <= 1.0:
-            raise Crop2SegError(f"--min-crop-cover is a fraction in [0, 1], got {self.min_crop_cover}")
-        if len(self.split) != 3 or any(s < 0 for s in self.split) or sum(self.split) <= 0:
-            raise Crop2SegError(f"--split takes three non-negative shares (train,val,test), got {self.split}")
+        """Every check of the parameters that reads nothing (the commands run it before anything
+        starts); raises :class:`~crop2seg_pipeline.errors.Crop2SegError` naming the option."""
+        check_patch_size(self.patch_size)
+        check_fraction(self.min_crop_cover, "--min-crop-cover")
+        check_fraction(self.min_date_clear, "--min-date-clear")
+        check_percent(self.max_cloud, "--max-cloud")
+        check_split(self.split)
+        check_dates(self.start, self.end)
+        check_bbox(self.bbox, self.bbox_crs, antimeridian=self.antimeridian)
+        check_target_crs(self.epsg)
         if self.chunksize < self.patch_size or self.chunksize % self.patch_size:
             raise Crop2SegError(
                 f"--chunksize must be a multiple of --patch-size ({self.patch_size}), got {self.chunksize}"
@@ -126,6 +141,8 @@ class BuildConfig:
             raise Crop2SegError(f"--codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
         if self.resampling_20m not in RESAMPLINGS:
             raise Crop2SegError(f"--resampling-20m must be one of {', '.join(RESAMPLINGS)}, got {self.resampling_20m!r}")
+        if not str(self.out).strip():
+            raise Crop2SegError("--out is empty; give the path of the patch store to write")
 
 
 @dataclass
@@ -190,6 +207,45 @@ class _Tile:
     times: pd.DatetimeIndex | None = None
 
 
+@dataclass
+class BuildPlan:
+    """Step 1 of a build: its inputs read and checked, nothing written (see :func:`plan_build`)."""
+
+    cfg: BuildConfig
+    mapping: CropMapping
+    selected: list[dict]
+    tiles: list[_Tile]
+    state: str  # "new", "existing" or "overwrite" (see store.prepare_target)
+    fingerprint: str
+
+
+#: Who holds a store's writer lock (shown to a second writer).
+LOCK_HOLDER = "crop2seg-build-dataset"
+
+
+def plan_build(config: BuildConfig, overwrite: bool = False) -> BuildPlan:
+    """Read and check a build's inputs and its target; writes nothing, starts nothing.
+
+    The items are normalized and selected, each tile's grid planned and its parcels read and
+    reprojected; the output path must be new, empty or a patch store of the same inputs (or
+    ``overwrite``). The commands call it before they start a cluster, so bad inputs fail fast.
+    """
+    cfg = config
+    cfg.validate()
+    mapping = CropMapping.read(cfg.mapping)
+    selected = select_items(normalize_items(cfg.items), bbox=cfg.bbox, bbox_crs=cfg.bbox_crs, start=cfg.start,
+                            end=cfg.end, max_cloud=cfg.max_cloud, antimeridian=cfg.antimeridian)
+    tiles = [_plan_tile(name, its, cfg, mapping) for name, its in _by_tile(selected)]
+    state = prepare_target(cfg.out, overwrite)
+    fingerprint = _fingerprint(cfg, selected, mapping)
+    if state == "existing" and read_attrs(cfg.out).get("fingerprint") != fingerprint:
+        raise StoreError(
+            f"{cfg.out} holds a patch store built from other inputs or parameters; pass --overwrite "
+            "to rebuild it, or choose another --out"
+        )
+    return BuildPlan(cfg, mapping, selected, tiles, state, fingerprint)
+
+
 def build_dataset(
     items: Any = None,
     parcels: str | None = None,
@@ -199,6 +255,7 @@ def build_dataset(
     client: Any = None,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
+    plan: BuildPlan | None = None,
     **options: Any,
 ) -> BuildSummary:
     """Build (or resume) a Zarr patch store.
@@ -212,16 +269,26 @@ def build_dataset(
     client
         A ``distributed.Client``; None runs on the current default Dask scheduler.
     overwrite
-        Delete an existing patch store at ``out`` first (a path holding anything else is never
-        deleted).
+        Delete an existing patch store at ``out`` (once pass 1 has succeeded, under the store's
+        lock; a path holding anything else is never deleted).
     progress
         Callable receiving human-readable progress lines (default: logging).
+    plan
+        The :func:`plan_build` of ``config`` when the caller made it already (the command does,
+        before it starts the cluster).
 
     Returns
     -------
     BuildSummary
+
+    Raises
+    ------
+    LockHeld
+        Another live build writes ``out`` (see :mod:`crop2seg_pipeline.locks`).
     """
     t_start = time.perf_counter()
+    if plan is not None:
+        config = plan.cfg
     if config is None:
         if items is None or parcels is None or out is None:
             raise Crop2SegError("build_dataset needs items, parcels and out (or config=)")
@@ -229,19 +296,16 @@ def build_dataset(
     cfg = config
     cfg.validate()
     say = progress or log.info
+    with writer_lock(cfg.out, LOCK_HOLDER, "patch store"):
+        # 1. inputs, checked before anything is written (under the lock: nobody else writes the store)
+        plan = plan or plan_build(cfg, overwrite)
+        return _build(plan, client, say, t_start)
 
-    # 1. inputs, checked before anything is written
-    mapping = CropMapping.read(cfg.mapping)
-    selected = select_items(normalize_items(cfg.items), bbox=cfg.bbox, bbox_crs=cfg.bbox_crs, start=cfg.start,
-                            end=cfg.end, max_cloud=cfg.max_cloud)
-    tiles = [_plan_tile(name, its, cfg, mapping) for name, its in _by_tile(selected)]
-    state = prepare_target(cfg.out, overwrite)
-    fingerprint = _fingerprint(cfg, selected, mapping)
-    if state == "existing" and read_attrs(cfg.out).get("fingerprint") != fingerprint:
-        raise StoreError(
-            f"{cfg.out} holds a patch store built from other inputs or parameters; pass --overwrite "
-            "to rebuild it, or choose another --out"
-        )
+
+def _build(plan: BuildPlan, client: Any, say: Callable[[str], None], t_start: float) -> BuildSummary:
+    cfg, tiles, fingerprint = plan.cfg, plan.tiles, plan.fingerprint
+    incomplete = (f"The patch store {cfg.out} is incomplete (finished chunks are kept): fix the cause and run the "
+                  "same command again to resume.")
 
     # 2. pass 1: labels + SCL only -> patches kept, dates kept, splits
     unclear = tuple(cfg.unclear_scl)
@@ -249,32 +313,47 @@ def build_dataset(
              for key, task in pass1_tasks(shared(t.source, f"source-{t.tile}"), t.labels["label"].data, t.windows,
                                           patch_size=cfg.patch_size, unclear=unclear).items()}
     say(f"pass 1/2: class cover and clear sky of {len(tasks)} chunks (SCL and labels only)")
-    pass1 = dict(zip(tasks, run_tasks(list(tasks.values()), client, label="pass 1", say=say)))
+    pass1 = dict(zip(tasks, run_tasks(list(tasks.values()), client, label="pass 1", say=say,
+                                      on_failure="Nothing was written; fix the cause and run again.")))
     patches, clear_of, skipped, dates_dropped = _select_patches(tiles, pass1, cfg)
     patches["split"] = _splits(patches, cfg)
+    _check_train_split(patches, cfg)
 
     # 3. skeleton (or the check that an existing one is this build's)
     n = len(patches)
-    if state == "new":
+    if plan.state == "overwrite":
+        say(f"--overwrite: deleting the patch store {cfg.out}")
+        clear_store(cfg.out)
+    if plan.state in ("new", "overwrite"):
         dates, clear = _dates_and_clear(tiles, patches, clear_of)
         say(f"creating patch store {cfg.out} ({n} patches x {dates.shape[1]} dates)")
-        create_skeleton(cfg.out, patches, dates, clear, BANDS, cfg.patch_size, _store_attrs(cfg, selected, fingerprint),
-                        codec_name=cfg.codec)
+        create_skeleton(cfg.out, patches, dates, clear, BANDS, cfg.patch_size,
+                        _store_attrs(cfg, plan.selected, fingerprint), codec_name=cfg.codec)
     else:
         _check_same_patches(cfg.out, patches)
+    pause_point("skeleton")
 
     # 4. pass 2: the heavy part, resumable
     tasks2, n_resumed = _pass2_tasks(tiles, patches, cfg, read_markers(cfg.out), fingerprint)
     if n_resumed:
         say(f"resuming: {n_resumed} patches already written, {len(tasks2)} chunks to go")
     say(f"pass 2/2: writing {n - n_resumed} patches from {len(tasks2)} chunks")
-    run_tasks(tasks2, client, label="pass 2", say=say)
+    run_tasks(tasks2, client, label="pass 2", say=say, on_failure=incomplete)
+    pause_point("finalize")
 
     # 5. statistics from all markers (resumed ones included), footprints, completion
-    summary = _finish(cfg, tiles, patches, skipped, dates_dropped, n_resumed, client)
-    summary.seconds = time.perf_counter() - t_start
-    (Path(cfg.out) / "build.json").write_text(json.dumps(_jsonable(summary.to_dict()), indent=2))
-    return summary
+    return _finish(cfg, tiles, patches, skipped, dates_dropped, n_resumed, client, t_start)
+
+
+def _check_train_split(patches: pd.DataFrame, cfg: BuildConfig) -> None:
+    """Training and the normalization statistics need train patches: refuse before writing."""
+    if not (patches["split"] == "train").any():
+        n_blocks = len(set(zip(patches["tile"], patches["row"] // cfg.split_block, patches["col"] // cfg.split_block)))
+        raise Crop2SegError(
+            f"no patch went to the train split ({len(patches)} patches in {n_blocks} split blocks of "
+            f"{cfg.split_block} x {cfg.split_block} patches, --split {','.join(f'{v:g}' for v in cfg.split)}); "
+            "lower --split-block, raise the train share of --split, or widen the area. Nothing was written."
+        )
 
 
 def _by_tile(items: Sequence[dict]) -> list[tuple[str, list[dict]]]:
@@ -286,7 +365,8 @@ def _by_tile(items: Sequence[dict]) -> list[tuple[str, list[dict]]]:
 
 def _plan_tile(name: str, items: list[dict], cfg: BuildConfig, mapping: CropMapping) -> _Tile:
     """A tile's grid, block-reader source, parcels and lazy labels (nothing is read but parcels)."""
-    grid = grid_of_items(items, require_single_crs(items, None), 10.0, cfg.bbox, cfg.bbox_crs)
+    grid = grid_of_items(items, require_single_crs(items, cfg.epsg, where=f"tile {name}"), 10.0, cfg.bbox,
+                         cfg.bbox_crs)
     P = cfg.patch_size
     if grid.height < P or grid.width < P:
         raise Crop2SegError(f"tile {name}: the area is {grid.height} x {grid.width} px, smaller than one {P} px patch")
@@ -402,7 +482,7 @@ def _pass2_tasks(tiles: list[_Tile], patches: pd.DataFrame, cfg: BuildConfig, do
 
 
 def _finish(cfg: BuildConfig, tiles: list[_Tile], patches: pd.DataFrame, skipped: dict, dates_dropped: dict,
-            n_resumed: int, client: Any) -> BuildSummary:
+            n_resumed: int, client: Any, t_start: float) -> BuildSummary:
     """Pooled statistics from every marker, class counts, the footprint table; store marked complete."""
     moments = Moments.zeros(len(BANDS))
     for m in read_markers(cfg.out).values():
@@ -434,6 +514,8 @@ def _finish(cfg: BuildConfig, tiles: list[_Tile], patches: pd.DataFrame, skipped
         normalization={"mean": norm["mean"], "std": norm["std"]},
     )
     _write_footprints(cfg.out, patches, cfg.patch_size)
+    summary.seconds = time.perf_counter() - t_start
+    write_json_atomic(Path(cfg.out) / "build.json", _jsonable(summary.to_dict()))
     finalize(cfg.out, {
         "normalization": {"train": norm},
         "class_pixel_counts": class_pixels,
@@ -456,11 +538,16 @@ def _splits(patches: pd.DataFrame, cfg: BuildConfig) -> list[str]:
     return [SPLITS[assigned[b]] for b in block]
 
 
+_LATER_FIELDS = {"epsg": None, "antimeridian": False}
+
+
 def _fingerprint(cfg: BuildConfig, items: Sequence[Mapping], mapping: CropMapping) -> str:
     parcels = Path(cfg.parcels)
     st = parcels.stat() if parcels.exists() else None
     payload = {
-        "config": _jsonable({k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "items")}),
+        # fields added later are left out at their defaults: earlier stores keep their fingerprint
+        "config": _jsonable({k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "items")
+                             and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}),
         "items": [[it["id"], sorted((b, a["href"]) for b, a in it["assets"].items())] for it in items],
         "parcels": [str(parcels.resolve()), st.st_size if st else None, st.st_mtime_ns if st else None],
         "mapping": sorted(mapping.codes.items()),

@@ -512,11 +512,13 @@ _WORKER_LOG_LEVEL = logging.CRITICAL
 
 
 def local_kwargs(spec: dict[str, Any], *, n_workers=None, threads_per_worker=None, memory_limit=None,
-                 dashboard_address=None) -> dict[str, Any]:
+                 dashboard_address=None, worker_log_level: int | None = None) -> dict[str, Any]:
     """``LocalCluster`` keyword arguments for a local spec and the caller's overrides.
 
     One thread per worker and one worker per core unless set; each worker's memory limit is the
     machine's memory (cgroup limits included) divided by the number of workers unless set.
+    ``worker_log_level`` is the level of the worker processes' own log lines (default
+    CRITICAL: their errors reach the client as exceptions; the commands' ``-v`` lowers it).
     """
     from dask.utils import parse_bytes
 
@@ -525,7 +527,8 @@ def local_kwargs(spec: dict[str, Any], *, n_workers=None, threads_per_worker=Non
     threads = threads_per_worker if threads_per_worker is not None else spec.get("threads_per_worker") or 1
     workers = n_workers if n_workers is not None else spec.get("n_workers") or max(1, ncores // threads)
     if workers < 1 or threads < 1:
-        raise ClusterSpecError(f"{src}: n_workers and threads_per_worker must be at least 1")
+        raise ClusterSpecError(f"{src}: the number of workers (--workers) and threads per worker "
+                               "(--threads-per-worker) must be at least 1")
     limit = memory_limit if memory_limit is not None else spec.get("memory_limit")
     if limit is None:
         limit = mem // workers
@@ -543,7 +546,7 @@ def local_kwargs(spec: dict[str, Any], *, n_workers=None, threads_per_worker=Non
         "scheduler_port": spec.get("scheduler_port", 0),
         # the workers' own log lines (heartbeat tracebacks while a cluster shuts down, remote task
         # tracebacks) stay off the user's terminal: failures reach the client as exceptions
-        "silence_logs": _WORKER_LOG_LEVEL,
+        "silence_logs": _WORKER_LOG_LEVEL if worker_log_level is None else worker_log_level,
     }
     if spec.get("local_directory"):
         kw["local_directory"] = os.path.expanduser(spec["local_directory"])
@@ -588,7 +591,8 @@ def jobqueue_kwargs(spec: dict[str, Any], *, dashboard_address=None) -> dict[str
 
 
 def _check_overrides(spec: dict[str, Any], **overrides: Any) -> None:
-    given = [k for k, v in overrides.items() if v is not None]
+    names = {"n_workers": "--workers", "threads_per_worker": "--threads-per-worker", "memory_limit": "--memory-limit"}
+    given = [f"{names.get(k, k)} ({k})" if k in names else k for k, v in overrides.items() if v is not None]
     if given and spec["type"] != "local":
         what = "the scheduler's workers" if spec["type"] == "address" else "scale/adapt, cores and memory in the spec"
         raise ClusterSpecError(
@@ -628,6 +632,7 @@ def connect(
     threads_per_worker: int | None = None,
     memory_limit: str | None = None,
     dashboard_address: str | None = None,
+    worker_log_level: int | None = None,
 ) -> Iterator[Any]:
     """Start or join a Dask cluster and yield a ``distributed.Client``; close what was started on exit.
 
@@ -641,12 +646,13 @@ def connect(
         Where the dashboard of a cluster started here listens (the local cluster's, or the jobqueue
         scheduler's); default the spec's ``dashboard_address``, else ``127.0.0.1:8787`` (loopback
         only; a random port when taken). Ignored when joining an existing scheduler.
+    worker_log_level
+        Log level of a local cluster's worker processes (default CRITICAL; see :func:`local_kwargs`).
     """
     from distributed import Client, LocalCluster
 
-    spec = resolve_spec(cluster)
+    spec = check(cluster, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit)
     kind = spec["type"]
-    _check_overrides(spec, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit)
 
     if kind == "address":
         if dashboard_address is not None:
@@ -664,7 +670,8 @@ def connect(
 
     if kind == "local":
         kw = local_kwargs(spec, n_workers=n_workers, threads_per_worker=threads_per_worker,
-                          memory_limit=memory_limit, dashboard_address=dashboard_address)
+                          memory_limit=memory_limit, dashboard_address=dashboard_address,
+                          worker_log_level=worker_log_level)
         with _dashboard_link_host(kw["dashboard_address"]), worker_environment(), LocalCluster(**kw) as lc, \
                 Client(lc) as client:
             log.info("local Dask cluster: %d workers x %d threads; dashboard: %s", kw["n_workers"],
@@ -692,6 +699,51 @@ def connect(
                         f"(jobs still queued? see squeue/qstat); raise wait_timeout in {spec['_source']}"
                     ) from e
             yield client
+
+
+def check(cluster: str | None = None, *, n_workers=None, threads_per_worker=None, memory_limit=None) -> dict[str, Any]:
+    """Validate a ``--cluster`` value and its overrides without starting anything; the spec.
+
+    Everything :func:`connect` would refuse is refused here (a bad spec, overrides for a cluster
+    that takes none, a bad memory limit, dask-jobqueue missing), and a scheduler address is
+    probed: a refused connection or an unknown host is reported at once, not after the
+    connection timeout.
+    """
+    spec = resolve_spec(cluster)
+    _check_overrides(spec, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit)
+    if spec["type"] == "local":
+        local_kwargs(spec, n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit)
+    elif spec["type"] == "address":
+        probe_address(spec["address"])
+    else:
+        _jobqueue_class(spec["type"])
+    return spec
+
+
+def probe_address(address: str, timeout: float = 5.0) -> None:
+    """Fail at once when nothing can listen at a scheduler address (refused, unknown host).
+
+    A timeout is not decided here (a slow network): the client's own connection timeout applies.
+    """
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except ConnectionRefusedError:
+        raise ClusterSpecError(
+            f"nothing listens at the Dask scheduler address {address} (connection refused): start the "
+            f"scheduler there (dask scheduler --port {port}) or fix --cluster"
+        ) from None
+    except socket.gaierror as e:
+        raise ClusterSpecError(f"cannot resolve the host of the Dask scheduler address {address} ({e}); fix --cluster") from None
+    except (socket.timeout, TimeoutError):
+        return
+    except OSError as e:
+        raise ClusterSpecError(f"cannot reach the Dask scheduler at {address}: {e}; check the address and the network") from None
 
 
 def job_script(spec: dict[str, Any], *, dashboard_address=None) -> str:

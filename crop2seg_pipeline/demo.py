@@ -44,6 +44,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import Crop2SegError
+from .locks import LOCK_DIR, writer_lock
 from .grid import Grid
 from .nomenclature import BANDS, CLASS_NAMES, NATIVE_RESOLUTION, SCL
 from .s2tiles import parse_tile
@@ -1400,14 +1401,34 @@ def make_demo_scene(
 
     if root.exists() and not root.is_dir():
         raise Crop2SegError(f"{root} exists and is not a folder; choose another output folder")
+    reused = _reuse(root, params, say)
+    if reused is not None:
+        return reused
+    with writer_lock(root, "crop2seg-demo-scene", "demo scene folder"):
+        return _make(root, params, size, n_dates, seed, parcels_crs, tile, year, fmt, overwrite, say)
+
+
+def _reuse(root: Path, params: dict, say: Callable[[str], None]) -> "DemoScene | None":
+    """The complete scene of these parameters already in ``root`` (reading only), or None."""
     if root.is_dir():
         meta = _read_marker(root)
-        same = meta is not None and meta.get("parameters") == params
-        if same and _complete(root, meta):
+        if meta is not None and meta.get("parameters") == params and _complete(root, meta):
             log.info("reusing the demo scene in %s", root)
             say(f"reusing the demo scene in {root}")
             return _scene_from_marker(root, meta)
-        entries = {p.name for p in root.iterdir()}
+    return None
+
+
+def _make(root: Path, params: dict, size: int, n_dates: int, seed: int, parcels_crs: int, tile: str, year: int,
+          fmt: str, overwrite: bool, say: Callable[[str], None]) -> "DemoScene":
+    """Write the scene into ``root`` (under its writer lock)."""
+    reused = _reuse(root, params, say)  # made by another process while we waited for the lock
+    if reused is not None:
+        return reused
+    if root.is_dir():
+        meta = _read_marker(root)
+        same = meta is not None and meta.get("parameters") == params
+        entries = {p.name for p in root.iterdir()} - {LOCK_DIR}
         # an interrupted or damaged generation of this very scene is simply made again
         partial_ours = entries <= _OUR_NAMES and (same or "scene.json" not in entries)
         if entries and not overwrite and not partial_ours:

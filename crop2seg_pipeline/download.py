@@ -38,6 +38,7 @@ from typing import Any
 
 from .errors import Crop2SegError, EmptySelectionError
 from .items import normalize_items, read_items, select_items
+from .locks import LOCK_DIR, writer_lock
 from .nomenclature import BANDS
 
 __all__ = ["DownloadError", "FileJob", "mirror", "plan_mirror", "fetch_file", "verify_multihash", "MirrorSummary"]
@@ -452,10 +453,14 @@ class MirrorSummary:
         return asdict(self)
 
 
+#: Who holds a mirror folder's writer lock (shown to a second download into it).
+LOCK_HOLDER = "crop2seg-download"
+
+
 def _prepare_out(out: Path, description: Any) -> None:
     if out.exists() and not out.is_dir():
         raise Crop2SegError(f"{out} exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+    if out.is_dir() and any(e.name != LOCK_DIR for e in out.iterdir()) and not (out / MARKER).is_file():
         raise Crop2SegError(f"{out} is not empty and is not a crop2seg mirror; choose a new or empty folder for --out")
     out.mkdir(parents=True, exist_ok=True)
     if not (out / MARKER).is_file():
@@ -496,11 +501,19 @@ def mirror(
     DownloadError
         Some files could not be fetched (each named); what was fetched is kept and a re-run
         fetches only the rest.
+    LockHeld
+        Another live download writes ``out``.
     """
     t0 = time.perf_counter()
     say = progress or log.info
     out = Path(out).expanduser().resolve()
     mirrored, jobs = plan_mirror(items, bands=bands, bbox=bbox, bbox_crs=bbox_crs)
+    with writer_lock(out, LOCK_HOLDER, "mirror folder"):
+        return _mirror(items, out, mirrored, jobs, client, policy, say, t0)
+
+
+def _mirror(items: Any, out: Path, mirrored: list, jobs: list, client: Any, policy: RetryPolicy,
+            say: Callable[[str], None], t0: float) -> MirrorSummary:
     _prepare_out(out, items if isinstance(items, (str, os.PathLike)) else f"{len(mirrored)} items")
     summary = MirrorSummary(out=str(out), items=str(out / "items.json"), n_items=len(mirrored), n_files=len(jobs))
     failures: list[str] = []

@@ -32,6 +32,7 @@ import numpy as np
 import pyproj
 import shapely.geometry
 
+from .checks import check_dates
 from .errors import CRSError, EmptySelectionError, ItemError, MissingBandError, ReadError
 from .nomenclature import BANDS, NATIVE_RESOLUTION, SCL
 
@@ -474,17 +475,19 @@ def select_items(
     start: str | dt.date | None = None,
     end: str | dt.date | None = None,
     max_cloud: float | None = None,
+    antimeridian: bool = False,
 ) -> list[dict]:
     """Keep the normalized items that intersect ``bbox`` and fall in ``[start, end]``.
 
     ``max_cloud`` (percent) drops items whose ``eo:cloud_cover`` is above it (items without
-    the property are kept). Raises :class:`EmptySelectionError` saying what was asked and what
-    the items cover when nothing is left.
+    the property are kept). With ``antimeridian``, ``bbox`` (lon/lat) crosses the 180th
+    meridian (minx east of it, maxx west of it). Raises :class:`EmptySelectionError` saying what
+    was asked and what the items cover when nothing is left.
     """
     out = list(items)
     if start is not None or end is not None:
-        s = _as_date(start) if start is not None else dt.date.min
-        e = _as_date(end) if end is not None else dt.date.max
+        s, e = check_dates(start, end)
+        s, e = s or dt.date.min, e or dt.date.max
         out = [it for it in out if s <= _as_date(it["properties"]["datetime"][:10]) <= e]
         if not out:
             dates = sorted(it["properties"]["datetime"][:10] for it in items)
@@ -500,7 +503,12 @@ def select_items(
             )
         out = kept
     if bbox is not None:
-        ll = shapely.geometry.box(*to_wgs84_bbox(bbox, bbox_crs))
+        if antimeridian:  # two boxes, one on each side of the 180th meridian
+            minx, miny, maxx, maxy = (float(v) for v in bbox)
+            ll = shapely.geometry.MultiPolygon([shapely.geometry.box(minx, miny, 180.0, maxy),
+                                                shapely.geometry.box(-180.0, miny, maxx, maxy)])
+        else:
+            ll = shapely.geometry.box(*to_wgs84_bbox(bbox, bbox_crs))
         kept = []
         for it in out:
             geom = it.get("geometry")
@@ -527,14 +535,15 @@ def _as_date(v: str | dt.date | dt.datetime) -> dt.date:
     return dt.date.fromisoformat(str(v)[:10])
 
 
-def require_single_crs(items: Sequence[Mapping], epsg: int | None) -> int:
+def require_single_crs(items: Sequence[Mapping], epsg: int | None, where: str | None = None) -> int:
     """The CRS to build the cube in: ``epsg`` if given, else the items' one CRS."""
     if epsg is not None:
         return int(epsg)
     epsgs = item_epsgs(items)
     if len(epsgs) > 1:
         raise CRSError(
-            f"the items are in {len(epsgs)} different CRSs ({', '.join(f'EPSG:{e}' for e in sorted(epsgs))}); "
-            "pass a target CRS (epsg= / --epsg) or restrict the bbox to one UTM zone"
+            f"{where + ': ' if where else ''}the items are in {len(epsgs)} different CRSs "
+            f"({', '.join(f'EPSG:{e}' for e in sorted(epsgs))}); choose the CRS of the output grid with "
+            f"--epsg (e.g. --epsg {min(epsgs)}; epsg= in the Python API), or restrict --bbox to one UTM zone"
         )
     return epsgs.pop()

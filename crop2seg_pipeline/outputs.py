@@ -55,7 +55,7 @@ class TiledRaster:
     Parameters
     ----------
     path
-        Final COG path; a temporary ``.<name>.partial.tif`` is written beside it.
+        Final COG path; a temporary ``.<name>.tiles.tif`` is written beside it.
     grid
         The pixel grid (CRS, transform, shape) copied exactly.
     kind
@@ -73,7 +73,7 @@ class TiledRaster:
         if kind not in self.KINDS:
             raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.stem}.partial.tif")
+        self.tmp = self.path.with_name(f".{self.path.name}.tiles.tif")
         self.grid = grid
         self.kind = kind
         self.class_names = list(class_names)

@@ -149,6 +149,13 @@ def _inspect_source(path: str, layer: str | int | None) -> _SourceInfo:
             f"cannot read parcel file {path}: {exc}.{hint} It must be a vector file GDAL/OGR "
             "can open (GPKG, SHP, GeoJSON, FlatGeobuf, ...) or GeoParquet (.parquet)."
         ) from exc
+    if not info.get("geometry_type"):
+        raise ReadError(
+            f"{path} is not a vector file with geometry: GDAL reads it as a table without geometries "
+            f"(driver {info.get('driver')}, columns {list(info.get('fields', ()))}). Give the parcels as "
+            "polygons (GPKG, SHP, GeoJSON, FlatGeobuf, GeoParquet); a CSV needs its geometry first "
+            "(e.g. ogr2ogr -f GPKG parcels.gpkg parcels.csv -oo GEOM_POSSIBLE_NAMES=geometry -a_srs EPSG:5514)."
+        )
     crs = CRS.from_user_input(info["crs"]) if info.get("crs") else None
     return _SourceInfo(
         "ogr", crs, int(info.get("features", -1)), tuple(info.get("fields", ())), True

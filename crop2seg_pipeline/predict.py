@@ -12,7 +12,10 @@
    haloed block itself and runs the windows it owns, a blend task per chunk; then one finishing
    task per chunk (class, confidence, histograms, per-parcel counts, optional probability write);
 4. the client writes each chunk into tiled GeoTIFFs as it completes, then COGs, a quicklook, the
-   parcel GeoPackage and a summary.
+   parcel GeoPackage and a summary, each under a temporary name renamed into place when complete,
+   and ``manifest.json`` listing them (:mod:`crop2seg_pipeline.manifest`: a prediction never
+   replaces a file it did not write, and removes its previous outputs that this run does not
+   write). The folder is held by a writer lock for the whole run.
 
 :func:`predict_cube` is the lazy Python-API path over a user's cube (its blocks come through
 ``dask.array.overlap``); both give the same probabilities.
@@ -51,6 +54,10 @@ from .graph.windows import BLEND_FLOOR, WindowPlan, bounds, finish_chunk, min_ch
 from .grid import grid_of_items
 from .items import normalize_items, require_single_crs, select_items
 from .kernels.windows import classes_of, confidence_of, date_positions
+from .checks import check_bbox, check_dates, check_target_crs
+from .interrupts import pause_point
+from .locks import writer_lock
+from .manifest import OutputFolder
 from .models.spec import ModelSpec, read_model_spec
 from .predict_outputs import PredictExtras
 
@@ -64,6 +71,9 @@ __all__ = [
     "read_model_spec",
     "predict_cube",
     "predict",
+    "plan_prediction",
+    "PredictPlan",
+    "output_names",
     "model_loads",
     "default_demo_weights",
 ]
@@ -160,6 +170,19 @@ def _area_chunks(height: int, width: int, chunksize: int, patch_size: int) -> tu
     return min_chunks(ychunks, patch_size), min_chunks(xchunks, patch_size)
 
 
+def _gpu_resources(client: Any, device: str) -> dict | None:
+    """``{"GPU": 1}`` when the model may run on CUDA and the cluster's workers declare GPUs."""
+    if client is None or not str(device).lower().startswith(("cuda", "auto")):
+        return None
+    try:
+        workers = client.scheduler_info().get("workers", {})
+    except Exception:  # noqa: BLE001 - no scheduler info: no annotation
+        return None
+    if any((w.get("resources") or {}).get("GPU") for w in workers.values()):
+        return {"GPU": 1}
+    return None
+
+
 def _threads(client: Any) -> int:
     """Task threads of the cluster (this machine's CPUs without a client)."""
     if client is None:
@@ -180,19 +203,6 @@ def work_chunksize(height: int, width: int, chunksize: int, patch_size: int, thr
             break
         size //= 2
     return size
-
-
-def _gpu_resources(client: Any, device: str) -> dict | None:
-    """``{"GPU": 1}`` when the model may run on CUDA and the cluster's workers declare GPUs."""
-    if client is None or not str(device).lower().startswith(("cuda", "auto")):
-        return None
-    try:
-        workers = client.scheduler_info().get("workers", {})
-    except Exception:  # noqa: BLE001 - no scheduler info: no annotation
-        return None
-    if any((w.get("resources") or {}).get("GPU") for w in workers.values()):
-        return {"GPU": 1}
-    return None
 
 
 # ----------------------------------------------------------------------------- the lazy API
@@ -315,7 +325,7 @@ def _clear_dates(src: CubeSource, spec: ModelSpec, chunksize: int, client: Any,
         return list(range(len(times))), []
     windows = chunk_windows(*src.grid.shape, chunksize)
     results = run_tasks(clear_tasks(shared(src, "source"), windows, spec.unclear_scl), client,
-                        label="date check", say=say)
+                        label="date check", say=say, on_failure="Nothing was written; fix the cause and run again.")
     clear_px = sum(r[0] for r in results)
     share = clear_px / max(sum(r[1] for r in results), 1)
     keep = share > spec.min_date_clear
@@ -336,7 +346,65 @@ def _share(flags: Any) -> float | None:
     return float(f.astype(bool).mean()) if len(f) else None
 
 
-def predict(
+#: Who holds a prediction folder's writer lock and is named in its manifest.
+COMMAND = "crop2seg-predict"
+
+
+@dataclass
+class PredictPlan:
+    """Step 1 of a prediction: model, inputs and output folder checked, nothing computed or
+    written (see :func:`plan_prediction`)."""
+
+    spec: ModelSpec
+    grid: Any
+    src: CubeSource
+    parcels: Any  # GeoDataFrame or None
+    folder: OutputFolder
+    settings: dict[str, Any]
+    chunksize: int
+    overlap: int
+    batch_size: int
+    device: str
+    probabilities: bool
+    polygons: bool = False
+    min_polygon_area: float = 5000.0
+
+
+def output_names(parcels: bool, probabilities: bool, polygons: bool = False) -> list[str]:
+    """The files a prediction writes into its folder (beside ``manifest.json``)."""
+    names = ["classes.tif", "classes.tif.aux.xml", "confidence.tif", "quicklook.png", "summary.json"]
+    if parcels:
+        names.append("parcels.gpkg")
+    if probabilities:
+        names += ["probabilities.zarr", "probabilities.tif"]
+    if polygons:
+        names.append("polygons.gpkg")
+    return names
+
+
+def check_arguments(*, bbox: Sequence[float] | None = None, bbox_crs: Any = "EPSG:4326", start: Any = None,
+                    end: Any = None, epsg: Any = None, antimeridian: bool = False, overlap: int = 32,
+                    batch_size: int = 8, chunksize: int = 512, out_dir: Any = None,
+                    min_polygon_area: float = 5000.0) -> None:
+    """The checks of :func:`predict`'s arguments that read nothing (the command runs them first)."""
+    check_dates(start, end)
+    check_bbox(bbox, bbox_crs, antimeridian=antimeridian)
+    check_target_crs(epsg)
+    if overlap < 0:
+        raise Crop2SegError(f"--overlap must be >= 0, got {overlap}")
+    if batch_size < 1:
+        raise Crop2SegError(f"--batch-size must be >= 1, got {batch_size}")
+    if chunksize < 16:
+        raise Crop2SegError(f"--chunksize must be at least 16 px, got {chunksize}")
+    if not min_polygon_area >= 0:
+        raise Crop2SegError(f"--min-polygon-area must be >= 0 m2, got {min_polygon_area}")
+    if out_dir is not None:
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise Crop2SegError(f"--out {out} exists and is not a folder")
+
+
+def plan_prediction(
     items: Any,
     weights_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -350,6 +418,8 @@ def predict(
     bbox_crs: Any = "EPSG:4326",
     start: Any = None,
     end: Any = None,
+    epsg: int | None = None,
+    antimeridian: bool = False,
     overlap: int = 32,
     batch_size: int = 8,
     device: str = "auto",
@@ -357,8 +427,53 @@ def predict(
     probabilities: bool = False,
     polygons: bool = False,
     min_polygon_area: float = 5000.0,
+) -> PredictPlan:
+    """Read and check everything a prediction needs, compute and write nothing.
+
+    The weights folder is loaded once (a broken one fails here), the items normalized and
+    selected, the output grid and the reader's source planned, the parcels read and reprojected,
+    and the output folder checked: a file there under one of the output names that this package
+    did not write (see :mod:`crop2seg_pipeline.manifest`) refuses the run. The command calls it
+    before it starts a cluster.
+    """
+    from .mapping import CropMapping
+    from .parcels import read_parcels
+
+    check_arguments(bbox=bbox, bbox_crs=bbox_crs, start=start, end=end, epsg=epsg, antimeridian=antimeridian,
+                    overlap=overlap, batch_size=batch_size, chunksize=chunksize, out_dir=out_dir,
+                    min_polygon_area=min_polygon_area)
+    spec = read_model_spec(weights_dir)
+    selected = select_items(normalize_items(items, bands=spec.bands), bbox=bbox, bbox_crs=bbox_crs, start=start,
+                            end=end, antimeridian=antimeridian)
+    _check_settings(spec, overlap, batch_size)
+    grid = grid_of_items(selected, require_single_crs(selected, check_target_crs(epsg)), 10.0, bbox, bbox_crs)
+    src = cube_source(selected, grid, spec.bands, spec.resampling_20m)
+    gdf = None
+    if parcels is not None:
+        gdf, _ = read_parcels(
+            parcels, id_column=id_column, crop_column=crop_column, layer=layer,
+            mapping=CropMapping.read(mapping), target_crs=grid.epsg, bbox=grid.bounds,
+        )
+    settings = {"weights": spec.weights_dir, "overlap": overlap, "batch_size": batch_size, "device": device,
+                "chunksize": chunksize, "patch_size": spec.patch_size, "bbox": list(bbox) if bbox else None,
+                "bbox_crs": str(bbox_crs), "epsg": grid.epsg, "start": None if start is None else str(start),
+                "end": None if end is None else str(end), "parcels": None if parcels is None else str(parcels),
+                "probabilities": bool(probabilities), "polygons": bool(polygons), "min_polygon_area": min_polygon_area}
+    folder = OutputFolder(out_dir, COMMAND, settings)
+    folder.plan(output_names(gdf is not None, probabilities, polygons))
+    return PredictPlan(spec, grid, src, gdf, folder, settings, chunksize, overlap, batch_size, device, probabilities,
+                       polygons, min_polygon_area)
+
+
+def predict(
+    items: Any = None,
+    weights_dir: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    *,
     client: Any = None,
     progress: Callable[[str], None] | None = None,
+    plan: PredictPlan | None = None,
+    **options: Any,
 ) -> PredictSummary:
     """Predict crop classes over the area of ``items`` and write the outputs to ``out_dir``.
 
@@ -370,54 +485,61 @@ def predict(
     weights_dir
         Weights folder (``weights.pt`` + ``model.json``).
     out_dir
-        Output folder (created): ``classes.tif``, ``confidence.tif``, ``quicklook.png``,
-        ``summary.json``; ``parcels.gpkg`` with ``parcels``; ``probabilities.zarr`` and
-        ``probabilities.tif`` with ``probabilities``; ``polygons.gpkg`` with ``polygons``.
-    parcels, mapping, id_column, crop_column, layer
-        Optional LPIS parcels and how to read them (see :func:`~crop2seg_pipeline.parcels.read_parcels`).
-    bbox, bbox_crs, start, end
-        Optional area and date range.
-    overlap, batch_size, device
-        See :func:`predict_cube`.
-    chunksize
-        Largest side of a spatial chunk in pixels: the unit of work and of worker memory. Small
-        areas are cut finer (down to one window) so that every worker thread has work.
-    probabilities
-        Also write per-class probabilities to ``probabilities.zarr`` (float32) and
-        ``probabilities.tif`` (uint8 COG, probability x 255, bands sum to 255).
-    polygons, min_polygon_area
-        Also write the class map's polygons (Background dropped, area > ``min_polygon_area`` m2)
-        to ``polygons.gpkg`` (see :mod:`crop2seg_pipeline.predict_outputs`).
+        Output folder (created): ``classes.tif`` (+ ``classes.tif.aux.xml``, the class names),
+        ``confidence.tif``, ``quicklook.png``, ``summary.json``; ``parcels.gpkg`` with
+        ``parcels``; ``probabilities.zarr`` (float32) and ``probabilities.tif`` (uint8 COG,
+        probability x 255) with ``probabilities``; ``polygons.gpkg`` with ``polygons``;
+        ``manifest.json`` lists them. Other files in the folder are never touched; a file under one of these names that
+        this package did not write refuses the run (:mod:`crop2seg_pipeline.manifest`).
     client
         A ``distributed.Client``; None runs on the current default Dask scheduler.
     progress
         Callable receiving progress lines (default: logging).
-    """
-    from .graph.labels import rasterize_labels
-    from .mapping import CropMapping
-    from .outputs import TiledRaster, create_probability_store, finalize_probability_store, parcel_table, write_quicklook
-    from .parcels import read_parcels
+    plan
+        The :func:`plan_prediction` of these arguments when the caller made it already (the
+        command does, before it starts the cluster); ``items``, ``weights_dir``, ``out_dir``
+        and ``options`` are then not given.
+    **options
+        The keyword arguments of :func:`plan_prediction`: ``parcels``, ``mapping``,
+        ``id_column``, ``crop_column``, ``layer`` (the LPIS parcels to score and how to read
+        them), ``bbox``, ``bbox_crs``, ``start``, ``end`` (area and dates), ``epsg`` (CRS of
+        the output grid when the items are in several), ``antimeridian``, ``overlap``,
+        ``batch_size``, ``device`` (see :func:`predict_cube`), ``chunksize`` (the largest side
+        of a chunk: the unit of work and of worker memory; small areas are cut finer so that
+        every worker thread has work), ``probabilities``, ``polygons``, ``min_polygon_area``
+        (polygons of the class map, Background dropped, area above it in m2: see
+        :mod:`crop2seg_pipeline.predict_outputs`).
 
+    Raises
+    ------
+    LockHeld
+        Another live prediction writes ``out_dir``.
+    OutputConflict
+        ``out_dir`` holds files under the output names that this package did not write.
+    """
     t_start = time.perf_counter()
     say = progress or log.info
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise Crop2SegError(f"--out {out} exists and is not a folder")
-    if not min_polygon_area >= 0:
-        raise Crop2SegError(f"--min-polygon-area must be >= 0 m2, got {min_polygon_area}")
+    if plan is None:
+        if items is None or weights_dir is None or out_dir is None:
+            raise Crop2SegError("predict needs items, weights_dir and out_dir (or plan=)")
+        check_arguments(out_dir=out_dir)
+        target = out_dir
+    else:
+        target = plan.folder.folder
+    with writer_lock(target, COMMAND, "prediction folder"):
+        if plan is None:
+            plan = plan_prediction(items, weights_dir, out_dir, **options)
+        return _predict(plan, client, say, t_start)
 
-    # 1. model and inputs, all checked before anything is computed or written
-    spec = read_model_spec(weights_dir)
-    selected = select_items(normalize_items(items, bands=spec.bands), bbox=bbox, bbox_crs=bbox_crs, start=start, end=end)
-    _check_settings(spec, overlap, batch_size)
-    grid = grid_of_items(selected, require_single_crs(selected, None), 10.0, bbox, bbox_crs)
-    src = cube_source(selected, grid, spec.bands, spec.resampling_20m)
-    gdf = None
-    if parcels is not None:
-        gdf, _ = read_parcels(
-            parcels, id_column=id_column, crop_column=crop_column, layer=layer,
-            mapping=CropMapping.read(mapping), target_crs=grid.epsg, bbox=grid.bounds,
-        )
+
+def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start: float) -> PredictSummary:
+    from .graph.labels import rasterize_labels
+    from .outputs import TiledRaster, create_probability_store, finalize_probability_store, parcel_table, write_quicklook
+
+    spec, grid, src, gdf, folder = plan.spec, plan.grid, plan.src, plan.parcels, plan.folder
+    out = folder.folder
+    chunksize, overlap, batch_size, device = plan.chunksize, plan.overlap, plan.batch_size, plan.device
+    nothing = f"Nothing final was written to {out}; fix the cause and run again."
 
     # 2. dates with clear sky (SCL only); chunks small enough that every worker thread has work
     chunksize = work_chunksize(grid.height, grid.width, chunksize, spec.patch_size, _threads(client))
@@ -426,20 +548,19 @@ def predict(
         f"({spec.patch_size} px windows, overlap {overlap}, batch {batch_size}, device {device})")
 
     # 3. the window graph, then one finishing task per chunk
-    probs, plan = source_probabilities(src, dates, spec, chunksize=chunksize, overlap=overlap, batch_size=batch_size,
-                                       device=device, resources=_gpu_resources(client, device))
+    probs, _ = source_probabilities(src, dates, spec, chunksize=chunksize, overlap=overlap, batch_size=batch_size,
+                                    device=device, resources=_gpu_resources(client, device))
     ychunks, xchunks = probs.chunks[1], probs.chunks[2]
     pid_blocks = None
     if gdf is not None:
         pid = rasterize_labels(gdf, grid, chunks=chunksize)["parcel_id"].data.rechunk((ychunks, xchunks))
         pid_blocks = pid.to_delayed()
-    out.mkdir(parents=True, exist_ok=True)
     prob_store = None
-    if probabilities:
-        prob_store = str(out / "probabilities.zarr")
+    if plan.probabilities:
+        prob_store = str(folder.temp("probabilities.zarr"))
         create_probability_store(prob_store, grid, spec.class_names, (ychunks, xchunks))
-    extras = PredictExtras(out, grid, spec.class_names, probabilities=probabilities, polygons=polygons,
-                           parcels=gdf is not None, min_polygon_area=min_polygon_area)
+    extras = PredictExtras(folder, grid, spec.class_names, probabilities=plan.probabilities, polygons=plan.polygons,
+                           parcels=gdf is not None, min_polygon_area=plan.min_polygon_area)
     yb, xb = bounds(ychunks), bounds(xchunks)
     blocks = probs.to_delayed()
     tasks = [
@@ -452,70 +573,84 @@ def predict(
         for i in range(len(ychunks)) for j in range(len(xchunks))
     ]
 
-    # 4. run; the client writes each chunk as it arrives
+    # 4. run; the client writes each chunk as it arrives (into temporary files: nothing final yet)
     hist = np.zeros(spec.n_classes, np.int64)
     ph: list[tuple] = []
     pc: list[tuple] = []
     devices: set[str] = set()
-    with TiledRaster(out / "classes.tif", grid, kind="classes", class_names=spec.class_names) as cls_out, \
-            TiledRaster(out / "confidence.tif", grid, kind="confidence") as conf_out, extras:
+    cls_tmp, conf_tmp = folder.temp("classes.tif"), folder.temp("confidence.tif")
+    try:
+        with TiledRaster(cls_tmp, grid, kind="classes", class_names=spec.class_names) as cls_out, \
+                TiledRaster(conf_tmp, grid, kind="confidence") as conf_out, extras:
 
-        def on_result(_: int, r: dict) -> None:
-            cls_out.write(r["class"], r["y0"], r["x0"])
-            conf_out.write(r["confidence"], r["y0"], r["x0"])
-            hist[:] += r["hist"]
-            devices.add(r["device"])
-            if "parcel_hist" in r:
-                ph.append(r["parcel_hist"])
-                pc.append(r["parcel_conf"])
-            extras.on_result(r)
+            def on_result(_: int, r: dict) -> None:
+                cls_out.write(r["class"], r["y0"], r["x0"])
+                conf_out.write(r["confidence"], r["y0"], r["x0"])
+                hist[:] += r["hist"]
+                devices.add(r["device"])
+                if "parcel_hist" in r:
+                    ph.append(r["parcel_hist"])
+                    pc.append(r["parcel_conf"])
+                extras.on_result(r)
 
-        run_tasks(tasks, client, label="predict", say=say, on_result=on_result)
-    extras.finish_polygons(
-        lambda ts, cb: run_tasks(ts, client, label="polygons", say=say, on_result=lambda _, r: cb(r), unit="classes"),
-        say)
-    files = {"classes": str(out / "classes.tif"), "confidence": str(out / "confidence.tif")}
+            run_tasks(tasks, client, label="predict", say=say, on_result=on_result, on_failure=nothing)
+        extras.finish_polygons(
+            lambda ts, cb: run_tasks(ts, client, label="polygons", say=say, on_result=lambda _, r: cb(r),
+                                     unit="classes", on_failure=nothing),
+            say)
+        if prob_store:
+            finalize_probability_store(prob_store)
+
+        # 5. parcels, quicklook, summary: written under temporary names, then renamed into place
+        area = {name: round(float(n) * grid.resolution**2 / 1e4, 4) for name, n in zip(spec.class_names, hist)}
+        parcel_summary = None
+        table = None
+        if gdf is not None:
+            table = extras.parcel_columns(parcel_table(gdf, ph, pc, spec.class_names, ignore_index=spec.ignore_index),
+                                          ph, spec.ignore_index)
+            compared = table["agreement"].dropna()
+            parcel_summary = {
+                "n_parcels": int(len(table)),
+                "n_with_pixels": int((table["n_pixels"] > 0).sum()),
+                "n_compared": int(len(compared)),
+                "agreement_share": float(compared.astype(bool).mean()) if len(compared) else None,
+                "homogenized_agreement_share": _share(table["homogenized_agreement"]),
+                "soft_agreement_share": _share(table["soft_agreement"]),
+            }
+        ql_tmp = folder.temp("quicklook.png")
+        write_quicklook(cls_tmp, ql_tmp, spec.class_names, hist,
+                        title=f"crop classes, {grid.height} x {grid.width} px, EPSG:{grid.epsg}")
+        pause_point("finalize")
+        folder.commit("classes.tif", cls_tmp)
+        folder.commit("classes.tif.aux.xml", Path(str(cls_tmp) + ".aux.xml"))
+        folder.commit("confidence.tif", conf_tmp)
+        folder.commit("quicklook.png", ql_tmp)
+        if table is not None:
+            with folder.output("parcels.gpkg") as tmp:
+                table.to_file(tmp, layer="parcels", driver="GPKG")
+        if prob_store:
+            folder.commit("probabilities.zarr", prob_store)
+        extras.commit()
+    finally:
+        folder.discard_temps()  # what was not renamed into place (an error, an interrupt)
+    files = {"classes": str(out / "classes.tif"), "confidence": str(out / "confidence.tif"),
+             "quicklook": str(out / "quicklook.png")}
+    if table is not None:
+        files["parcels"] = str(out / "parcels.gpkg")
     if prob_store:
-        finalize_probability_store(prob_store)
-        files["probabilities"] = prob_store
+        files["probabilities"] = str(out / "probabilities.zarr")
     files.update(extras.files)
-
-    # 5. parcels, quicklook, summary
-    area = {name: round(float(n) * grid.resolution**2 / 1e4, 4) for name, n in zip(spec.class_names, hist)}
-    parcel_summary = None
-    if gdf is not None:
-        table = extras.parcel_columns(parcel_table(gdf, ph, pc, spec.class_names, ignore_index=spec.ignore_index),
-                                      ph, spec.ignore_index)
-        target = out / "parcels.gpkg"
-        if target.exists():
-            target.unlink()
-        table.to_file(target, layer="parcels", driver="GPKG")
-        files["parcels"] = str(target)
-        compared = table["agreement"].dropna()
-        parcel_summary = {
-            "n_parcels": int(len(table)),
-            "n_with_pixels": int((table["n_pixels"] > 0).sum()),
-            "n_compared": int(len(compared)),
-            "agreement_share": float(compared.astype(bool).mean()) if len(compared) else None,
-            "homogenized_agreement_share": _share(table["homogenized_agreement"]),
-            "soft_agreement_share": _share(table["soft_agreement"]),
-        }
-    files["quicklook"] = str(out / "quicklook.png")
-    write_quicklook(out / "classes.tif", out / "quicklook.png", spec.class_names, hist,
-                    title=f"crop classes, {grid.height} x {grid.width} px, EPSG:{grid.epsg}")
     seconds = time.perf_counter() - t_start
     mpx = grid.height * grid.width / 1e6
+    files["summary"] = str(out / "summary.json")
     summary = PredictSummary(
         out_dir=str(out), files=files, shape=grid.shape, epsg=grid.epsg, n_dates=len(dates),
         dates_dropped=dropped, n_chunks=len(tasks), device=sorted(devices), area_ha=area,
         parcels=parcel_summary, seconds=round(seconds, 3), megapixels=round(mpx, 4),
         throughput_mpx_s=round(mpx / seconds, 4) if seconds > 0 else math.nan,
-        dashboard=getattr(client, "dashboard_link", None),
-        settings={"weights": spec.weights_dir, "overlap": overlap, "batch_size": batch_size, "device": device,
-                  "chunksize": chunksize, "patch_size": spec.patch_size, "bbox": list(bbox) if bbox else None,
-                  "probabilities": probabilities, "polygons": polygons, "min_polygon_area": min_polygon_area,
-                  "start": None if start is None else str(start), "end": None if end is None else str(end)},
+        dashboard=getattr(client, "dashboard_link", None), settings={**plan.settings, "chunksize": chunksize},
     )
-    files["summary"] = str(out / "summary.json")
-    (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str))
+    with folder.output("summary.json") as tmp:
+        tmp.write_text(json.dumps(summary.to_dict(), indent=2, default=str))
+    files["manifest"] = str(folder.finish())
     return summary

@@ -9,15 +9,15 @@ the *open* pieces cut by chunk borders), per-parcel probability sums for the sof
 Client side, :class:`PredictExtras` writes each chunk's part as it arrives: probability bands
 into a tiled GeoTIFF finished as a COG (like ``classes.tif``), final polygons appended to a
 temporary GeoPackage. After the last chunk, the open pieces are merged per class in one task
-per class (:func:`~crop2seg_pipeline.kernels.polygons.merge_pieces`), appended, and the
-GeoPackage renamed into place; the parcel table gets the homogenized and soft classes and the
+per class (:func:`~crop2seg_pipeline.kernels.polygons.merge_pieces`), appended, and
+:meth:`PredictExtras.commit` renames both into place through the prediction's
+:class:`~crop2seg_pipeline.manifest.OutputFolder` (temporary names in the folder, the manifest); the parcel table gets the homogenized and soft classes and the
 rank of the disagreements (:func:`parcel_rule_columns`). No step holds a raster of the tile.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .grid import Grid
+from .manifest import OutputFolder
 from .kernels.parcel_rules import disagreement_rank, homogenized_classes, soft_classes
 from .graph.extras import DEFAULT_MIN_POLYGON_AREA, ChunkExtras, merge_tasks
 from .nomenclature import BACKGROUND
@@ -50,11 +51,12 @@ class PredictExtras:
     removes its partial files on an error), then call :meth:`finish_polygons`.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, grid: Grid, class_names: Sequence[str], *, probabilities: bool,
+    def __init__(self, folder: OutputFolder, grid: Grid, class_names: Sequence[str], *, probabilities: bool,
                  polygons: bool, parcels: bool, min_polygon_area: float = DEFAULT_MIN_POLYGON_AREA):
         from .outputs import TiledRaster
 
-        self.out = Path(out_dir)
+        self.folder = folder
+        self.out = folder.folder
         self.grid = grid
         self.class_names = list(class_names)
         self.options = ChunkExtras(
@@ -62,10 +64,11 @@ class PredictExtras:
             tile_height=grid.height, tile_width=grid.width, transform=tuple(grid.transform)[:6],
             min_polygon_area=float(min_polygon_area),
         )
-        self._prob = TiledRaster(self.out / "probabilities.tif", grid, kind="probabilities",
+        # written under the folder's temporary names, renamed into place by commit()
+        self._prob = TiledRaster(folder.temp("probabilities.tif"), grid, kind="probabilities",
                                  class_names=class_names) if probabilities else None
         self.polygons_path = self.out / "polygons.gpkg"
-        self._poly_tmp = self.out / ".polygons.partial.gpkg"
+        self._poly_tmp = folder.temp("polygons.gpkg") if polygons else self.out / ".polygons.unused.gpkg"
         self._pieces: dict[int, list[dict]] = defaultdict(list)
         self._parcel_prob: list[tuple[np.ndarray, np.ndarray]] = []
         self.n_polygons = 0
@@ -87,8 +90,6 @@ class PredictExtras:
         try:
             if self._prob is not None:
                 self._prob.__exit__(exc_type, exc, tb)
-                if exc_type is None:
-                    self.files["probabilities_cog"] = str(self._prob.path)
         finally:
             if exc_type is not None:
                 self._poly_tmp.unlink(missing_ok=True)
@@ -138,10 +139,17 @@ class PredictExtras:
         self._pieces.clear()
         if not self._poly_tmp.exists():  # no polygon at all: an empty layer with the schema
             self._write_empty()
-        os.replace(self._poly_tmp, self.polygons_path)
-        self.files["polygons"] = str(self.polygons_path)
-        say(f"polygons: {self.n_polygons} written to {self.polygons_path}")
+        say(f"polygons: {self.n_polygons} for {self.polygons_path}")
         return self.polygons_path
+
+    def commit(self) -> None:
+        """Rename the finished outputs into place (recorded in the folder's manifest)."""
+        if self._prob is not None:
+            self.folder.commit("probabilities.tif", self._prob.path)
+            self.files["probabilities_cog"] = str(self.out / "probabilities.tif")
+        if self.options.polygons:
+            self.folder.commit("polygons.gpkg", self._poly_tmp)
+            self.files["polygons"] = str(self.polygons_path)
 
     def _write_empty(self) -> None:
         import pyogrio

@@ -32,10 +32,11 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from .errors import StoreError
+from .locks import LOCK_DIR
 
 STORE_FORMAT = "crop2seg-patch-store"
 STORE_VERSION = 1
-MARKER_DIR = ".crop2seg/done"
+MARKER_DIR = f"{LOCK_DIR}/done"
 
 #: Codecs a store's patch arrays can be written with (``--codec``), by name. Chosen by measurement
 #: (``python benchmarks/codecs.py``: encode/decode speed, ratio and the training loader's read
@@ -58,11 +59,12 @@ def codec(name: str) -> BloscCodec | None:
 
 
 def store_state(path: str | os.PathLike) -> str:
-    """``"absent"``, ``"empty"`` (empty folder), ``"ours"`` (a patch store) or ``"foreign"``."""
+    """``"absent"``, ``"empty"`` (an empty folder, or one holding only a writer lock),
+    ``"ours"`` (a patch store) or ``"foreign"``."""
     p = Path(path)
     if not p.exists():
         return "absent"
-    if p.is_dir() and not any(p.iterdir()):
+    if p.is_dir() and not any(e.name != LOCK_DIR for e in p.iterdir()) and _only_lock(p / LOCK_DIR):
         return "empty"
     meta = p / "zarr.json"
     if p.is_dir() and meta.exists():
@@ -88,9 +90,31 @@ def prepare_target(path: str | os.PathLike, overwrite: bool) -> str:
             "choose another --out path or remove it yourself"
         )
     if state == "ours" and overwrite:
-        shutil.rmtree(path)
-        return "new"
+        return "overwrite"
     return "existing" if state == "ours" else "new"
+
+
+def _only_lock(d: Path) -> bool:
+    """Whether the bookkeeping folder ``d`` is absent or holds nothing but lock files."""
+    if not d.is_dir():
+        return not d.exists()
+    return all(e.is_file() and e.name.startswith(("lock.json", ".lock.json")) for e in d.iterdir())
+
+
+def clear_store(path: str | os.PathLike) -> None:
+    """Delete a patch store's content (for ``overwrite``), keeping the writer lock that guards it."""
+    p = Path(path)
+    if store_state(p) not in ("ours", "empty"):
+        raise StoreError(f"{p} is not a crop2seg patch store: not deleting it")
+    for e in p.iterdir():
+        if e.name == LOCK_DIR and e.is_dir():
+            for sub in e.iterdir():
+                if not sub.name.startswith(("lock.json", ".lock.json")):
+                    shutil.rmtree(sub) if sub.is_dir() else sub.unlink()
+        elif e.is_dir():
+            shutil.rmtree(e)
+        else:
+            e.unlink()
 
 
 def read_attrs(path: str | os.PathLike) -> dict:
@@ -121,6 +145,8 @@ def create_skeleton(
     codec_name
         Codec of ``s2``, ``label`` and ``parcel_id`` (see :data:`CODECS`), recorded as ``codec``.
     """
+    if store_state(path) not in ("absent", "empty"):
+        raise StoreError(f"{path} is not empty: a skeleton is only written into a new or emptied store")
     compressors = [c] if (c := codec(codec_name)) is not None else None
     n, t = dates.shape
     b, p = len(bands), patch_size
@@ -155,7 +181,10 @@ def create_skeleton(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
-        ds.to_zarr(path, mode="w", zarr_format=3, compute=False, consolidated=False, encoding=enc)
+        warnings.filterwarnings("ignore", message=".*not recognized as a component.*")
+        # "a", not "w": the folder is new or emptied (prepare_target, clear_store) but holds the
+        # writer lock, which "w" would delete with everything else
+        ds.to_zarr(path, mode="a", zarr_format=3, compute=False, consolidated=False, encoding=enc)
 
 
 def write_patches(
@@ -194,6 +223,19 @@ def write_marker(path: str | os.PathLike, key: str, info: Mapping[str, Any]) -> 
     os.replace(tmp, d / f"{key}.json")
 
 
+def write_json_atomic(path: str | os.PathLike, doc: Any) -> None:
+    """Write ``doc`` as JSON at ``path`` through a temporary file in the same folder (never half-written)."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=2, default=str)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def read_markers(path: str | os.PathLike) -> dict[str, dict]:
     d = Path(path) / MARKER_DIR
     if not d.exists():
@@ -221,12 +263,14 @@ def open_store(path: str | os.PathLike, require_complete: bool = True) -> xr.Dat
     state = store_state(path)
     if state != "ours":
         raise StoreError(f"{path} is not a crop2seg patch store ({state})")
-    with warnings.catch_warnings():  # markers and footprints live beside the arrays
-        warnings.filterwarnings("ignore", message=".*not recognized as a component.*")
-        ds = xr.open_zarr(str(path), zarr_format=3)
-    if require_complete and not ds.attrs.get("complete"):
+    complete = bool(read_attrs(path).get("complete"))
+    if require_complete and not complete:
         raise StoreError(
             f"{path} is an incomplete patch store (its build was interrupted or failed); "
             "re-run crop2seg-build-dataset with the same arguments to finish it"
         )
+    with warnings.catch_warnings():  # markers and footprints live beside the arrays
+        warnings.filterwarnings("ignore", message=".*not recognized as a component.*")
+        # consolidated metadata is written last, with completion: an incomplete store has none
+        ds = xr.open_zarr(str(path), zarr_format=3, consolidated=True if complete else False)
     return ds

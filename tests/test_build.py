@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -24,7 +23,7 @@ from crop2seg_pipeline.build import build_dataset
 from crop2seg_pipeline.dataset import PatchDataset, collate_patches
 from crop2seg_pipeline.errors import ParcelError, ReadError, StoreError
 from crop2seg_pipeline.graph.build import MOMENTS_STEP
-from processes import wait_for_scheduler_file
+from processes import DEADLINE_S, start_command, wait_for_scheduler_file
 from crop2seg_pipeline.kernels.s2 import clear_mask
 from crop2seg_pipeline.nomenclature import BANDS, DEFAULT_UNCLEAR_SCL
 from crop2seg_pipeline.store import open_store
@@ -249,7 +248,7 @@ def test_real_scheduler_and_two_workers_give_identical_store(demo_scene, store, 
                                            "--nworkers", "1", "--no-dashboard"],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         with Client(address) as client:
-            client.wait_for_workers(2, timeout=60)
+            client.wait_for_workers(2, timeout=DEADLINE_S)
             out = tmp_path / "remote.zarr"
             build_dataset(demo_scene.items, demo_scene.parcels, out, mapping=demo_scene.mapping, client=client, **OPTS)
             assert len(client.scheduler_info()["workers"]) == 2
@@ -258,29 +257,28 @@ def test_real_scheduler_and_two_workers_give_identical_store(demo_scene, store, 
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)
         for p in procs:
-            p.wait(timeout=30)
+            p.wait(timeout=DEADLINE_S)
 
 
 def test_interrupt_and_resume_equals_clean_build(demo_scene, store, tmp_path):
-    """The CLI killed mid-build (SIGKILL, no cleanup), then re-run: equal to a clean build."""
+    """The CLI killed mid-build (SIGKILL, no cleanup), then re-run: equal to a clean build.
+
+    The test hook holds the worker after 3 pass-2 tasks, so the kill lands with exactly 3 chunks
+    done whatever the machine's load."""
     path, summary = store
     out = tmp_path / "resumed.zarr"
     args = ["build-dataset", "--items", str(demo_scene.items), "--parcels", str(demo_scene.parcels), "--out", str(out),
             "--mapping", str(demo_scene.mapping), "--patch-size", str(PATCH), "--chunksize", str(2 * PATCH),
             "--min-crop-cover", "0.3", "--split-block", "2", "--seed", "3", "--workers", "1"]
-    proc = subprocess.Popen([sys.executable, "-m", "crop2seg_pipeline", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    markers = out / ".crop2seg" / "done"
-    deadline = time.time() + 180
-    while time.time() < deadline and not (markers.exists() and len(list(markers.glob("*.json"))) >= 3):
-        assert proc.poll() is None, proc.stdout.read().decode()
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = len(list(markers.glob("*.json")))
+    cmd = start_command(args, tmp_path, "killed", env={"CROP2SEG_TEST_HOLD_AT": "pass2:3",
+                                                       "CROP2SEG_TEST_RESUME_FILE": str(tmp_path / "never")})
+    cmd.wait_for("CROP2SEG_TEST_HELD pass2")
+    os.killpg(cmd.pid, signal.SIGKILL)
+    cmd.wait()
+    done_before = len(list((out / ".crop2seg" / "done").glob("*.json")))
     ds = open_store(path)
     n_chunks = len(set(zip(ds["row"].values // 2, ds["col"].values // 2)))
-    assert 3 <= done_before < n_chunks  # really interrupted mid-way
+    assert done_before == 3 < n_chunks  # really interrupted mid-way
     with pytest.raises(StoreError, match="incomplete"):
         open_store(out)
     res = _cli(*args, timeout=600)
@@ -370,3 +368,53 @@ def test_cli_help():
     assert res.returncode == 0
     for opt in ("--items", "--parcels", "--out", "--cluster", "--memory-limit", "--overwrite", "--min-crop-cover"):
         assert opt in res.stdout
+
+
+def test_items_in_two_crss_build_with_epsg(small_scene, tmp_path):
+    """Two dates reprojected to the neighbouring UTM zone (EPSG:32634) beside six in EPSG:32633:
+    refused without a choice of CRS (the message names --epsg), built with --epsg 32633 (those
+    two dates read through GDAL's warper, holding data like the others)."""
+    import rasterio.warp
+
+    root = tmp_path / "scene"
+    shutil.copytree(Path(small_scene.items).parent, root)
+    doc = json.loads((root / "items.json").read_text())
+    for it in doc["features"][:2]:
+        it["properties"]["proj:code"] = "EPSG:32634"
+        for a in it["assets"].values():
+            if "proj:transform" not in a:
+                continue
+            path = root / a["href"]
+            with rasterio.open(path) as src:
+                transform, w, h = rasterio.warp.calculate_default_transform(
+                    src.crs, "EPSG:32634", src.width, src.height, *src.bounds, resolution=src.res)
+                data = np.zeros((h, w), src.dtypes[0])
+                rasterio.warp.reproject(src.read(1), data, src_transform=src.transform, src_crs=src.crs,
+                                        dst_transform=transform, dst_crs="EPSG:32634", src_nodata=0, dst_nodata=0)
+                profile = {**src.profile, "driver": "GTiff", "crs": "EPSG:32634", "transform": transform,
+                           "width": w, "height": h, "tiled": False}
+                profile.pop("blockxsize", None), profile.pop("blockysize", None)
+            with rasterio.open(path, "w", **profile) as dst:
+                dst.write(data, 1)
+            a.update({"proj:code": "EPSG:32634", "proj:shape": [h, w], "proj:transform": list(transform)[:6]})
+    (root / "items.json").write_text(json.dumps(doc))
+    args = ["build-dataset", "--items", str(root / "items.json"), "--parcels", str(root / "parcels.gpkg"),
+            "--mapping", str(root / "crop_mapping.csv"), "--patch-size", "64", "--chunksize", "128",
+            "--workers", "1", "--min-crop-cover", "0"]
+    res = _cli(*args, "--out", str(tmp_path / "refused.zarr"), timeout=DEADLINE_S)
+    assert res.returncode == 1 and "--epsg 32633" in res.stderr and "Dask dashboard" not in res.stdout, res.stderr
+    assert not (tmp_path / "refused.zarr").exists()
+    out = tmp_path / "two-crs.zarr"
+    res = _cli(*args, "--out", str(out), "--epsg", "32633", timeout=DEADLINE_S)
+    assert res.returncode == 0, res.stdout + res.stderr
+    ds = open_store(out)
+    assert set(ds["epsg"].values.tolist()) == {32633}
+    s2 = ds["s2"].values
+    dates = ds["dates"].values[0]
+    warped = [k for k, d in enumerate(dates) if str(d)[:10] in {it["properties"]["datetime"][:10] for it in doc["features"][:2]}]
+    assert warped, "the reprojected dates were dropped"
+    for k in range(len(dates)):
+        if np.isnat(dates[k]):
+            continue
+        share = (s2[:, k] > 0).mean()
+        assert share > 0.5, (k, share)  # data, not a silently empty date

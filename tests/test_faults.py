@@ -21,10 +21,12 @@ import psutil
 import pytest
 from distributed import Client, LocalCluster
 from httpserver import serve
+from processes import DEADLINE_S, start_command
 from test_build import assert_same_store, independent_labels, independent_s2, store_arrays
 
 from crop2seg_pipeline.build import build_dataset
 from crop2seg_pipeline.errors import ReadError, StoreError
+from crop2seg_pipeline.interrupts import HOLD_ENV, RESUME_ENV
 from crop2seg_pipeline.store import MARKER_DIR, open_store, read_attrs, read_markers
 
 pytestmark = [
@@ -63,7 +65,7 @@ def _n_markers(store) -> int:
     return len(list(d.glob("*.json"))) if d.exists() else 0
 
 
-def _wait_markers(store, n: int, alive=lambda: True, timeout: float = 180) -> None:
+def _wait_markers(store, n: int, alive=lambda: True, timeout: float = DEADLINE_S) -> None:
     deadline = time.time() + timeout
     while _n_markers(store) < n:
         assert alive(), "the build ended before it could be interrupted"
@@ -75,7 +77,7 @@ def _scheduler_tasks(client) -> int:
     return client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
 
 
-def _wait_drained(client, timeout: float = 60) -> int:
+def _wait_drained(client, timeout: float = DEADLINE_S) -> int:
     """Seconds until the scheduler holds no task at all (fails after ``timeout``).
 
     Tasks already running when the pass is cancelled finish first (a thread cannot be stopped);
@@ -87,14 +89,14 @@ def _wait_drained(client, timeout: float = 60) -> int:
     return time.time() - t0
 
 
-def _wait_idle_workers(client, timeout: float = 30) -> None:
+def _wait_idle_workers(client, timeout: float = DEADLINE_S) -> None:
     t0 = time.time()
     while sum(client.run(lambda dask_worker: len(dask_worker.state.executing)).values()):
         assert time.time() - t0 < timeout, "workers still executing"
         time.sleep(0.1)
 
 
-def _worker_writing(client, timeout: float = 30) -> str:
+def _worker_writing(client, timeout: float = DEADLINE_S) -> str:
     """Address of a worker the scheduler has given a pass-2 (write) task."""
     t0 = time.time()
     while True:
@@ -129,11 +131,19 @@ def assert_same_content(a, b):
 # ----------------------------------------------------------------------------- 1. a worker killed
 
 
-def test_worker_sigkilled_mid_build_is_replaced_and_store_equals_clean_build(demo_scene, reference, tmp_path):
+def test_worker_sigkilled_mid_build_is_replaced_and_store_equals_clean_build(demo_scene, reference, tmp_path,
+                                                                            monkeypatch):
     """SIGKILL one worker process while pass 2 runs: the nanny starts a new one, the scheduler
-    reschedules the tasks the dead worker held, the build completes and equals a clean build."""
+    reschedules the tasks the dead worker held, the build completes and equals a clean build.
+
+    The test hook holds each worker after its first pass-2 task (``CROP2SEG_TEST_HOLD_AT``, in
+    the workers' environment), so the kill always lands on a worker that holds a write task,
+    with exactly two chunks done."""
     ref, _ = reference
     out = tmp_path / "killed.zarr"
+    resume = tmp_path / "resume"
+    monkeypatch.setenv(HOLD_ENV, "pass2:1")
+    monkeypatch.setenv(RESUME_ENV, str(resume))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as lc, Client(lc) as client:
         pids = client.run(os.getpid)
         outcome: dict = {}
@@ -151,16 +161,17 @@ def test_worker_sigkilled_mid_build_is_replaced_and_store_equals_clean_build(dem
         victim = _worker_writing(client)
         os.kill(pids[victim], signal.SIGKILL)
         done_at_kill = _n_markers(out)
-        thread.join(timeout=300)
+        resume.write_text("go")
+        thread.join(timeout=DEADLINE_S)
         assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
-        client.wait_for_workers(2, timeout=60)
+        client.wait_for_workers(2, timeout=DEADLINE_S)
         new_pids = client.run(os.getpid)
         events = _worker_events(client)
     assert pids[victim] not in new_pids.values() and len(new_pids) == 2  # the nanny replaced it
     removed = [e for e in events if e["action"] == "remove-worker"]
     assert [e["worker"] for e in removed] == [victim]
     assert removed[0]["processing-tasks"]  # it died holding tasks, which were rescheduled
-    assert done_at_kill < _n_chunks(ref)  # really mid-build
+    assert done_at_kill == 2 < _n_chunks(ref)  # really mid-build
     assert outcome["summary"].n_written == outcome["summary"].n_patches
     assert_same_store(ref, out)
 
@@ -187,37 +198,32 @@ def test_ctrl_c_exits_cleanly_and_rerun_resumes(demo_scene, reference, tmp_path,
     """SIGINT to the CLI (``process``) or to its whole process group as a terminal's Ctrl-C does
     (``group``: the workers get it too) mid pass 2: exit 130 with the resume hint, no traceback,
     no worker process left, the store left incomplete; the same command again resumes and equals
-    a clean build."""
+    a clean build. The test hook holds each of the two workers after 2 pass-2 tasks, so the
+    interrupt lands with exactly 4 chunks done, whatever the machine's load."""
     ref, _ = reference
     out = tmp_path / "interrupted.zarr"
-    args = [sys.executable, "-m", "crop2seg_pipeline", *_cli_args(demo_scene, out)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    cmd = start_command(_cli_args(demo_scene, out), tmp_path, "build",
+                        env={HOLD_ENV: "pass2:2", RESUME_ENV: str(tmp_path / "never")})
     try:
-        _wait_markers(out, 3, alive=lambda: proc.poll() is None)
-        children = psutil.Process(proc.pid).children(recursive=True)
-        assert len(children) >= 2  # the two worker processes (and multiprocessing's helper)
-        t0 = time.time()
-        (os.killpg if target == "group" else os.kill)(proc.pid, signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=90)
-        shutdown_s = time.time() - t0
+        _wait_markers(out, 4, alive=lambda: cmd.proc.poll() is None)
+        assert len(cmd.descendants()) >= 2  # the two worker processes (and multiprocessing's helper)
+        cmd.signal(signal.SIGINT, group=target == "group")
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    assert proc.returncode == 130, stdout + stderr
+        cmd.wait()
+    stdout, stderr = cmd.stdout(), cmd.stderr()
+    assert cmd.proc.returncode == 130, stdout + stderr
     assert "run the same command again to resume" in stderr
-    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
-    gone, alive = psutil.wait_procs(children, timeout=10)
-    assert not [p for p in alive if _alive(p)], f"stray processes: {alive}"
-    assert shutdown_s < 30
-    done = _n_markers(out)
-    assert 3 <= done < _n_chunks(ref)
+    for bad in ("Traceback", "KeyboardInterrupt", "heartbeat"):
+        assert bad not in stderr, stderr
+    assert not cmd.leftover_processes(), "stray processes"
+    assert _n_markers(out) == 4 < _n_chunks(ref)
     with pytest.raises(StoreError, match="incomplete"):
         open_store(out)
     if target == "process":
         return  # the same store state as "group": one resume is enough (test time)
 
-    res = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    args = [sys.executable, "-m", "crop2seg_pipeline", *_cli_args(demo_scene, out)]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=DEADLINE_S)
     assert res.returncode == 0, res.stdout + res.stderr
     n_resumed = int(re.search(r"(\d+) already done", res.stdout).group(1))
     assert n_resumed > 0 and "resuming" in res.stderr
@@ -246,8 +252,7 @@ def test_interrupt_in_python_cancels_the_pass_and_same_client_resumes(demo_scene
     threads = sum(cluster.nthreads().values())
     done = _n_markers(out)
     assert done <= at_interrupt[0] + threads  # only those: the rest of the pass was cancelled
-    time.sleep(1.0)
-    assert _n_markers(out) == done < _n_chunks(ref)  # nothing goes on writing behind our back
+    assert _n_markers(out) == done < _n_chunks(ref)  # no task left anywhere: nothing writes behind our back
     summary = build_dataset(demo_scene.items, demo_scene.parcels, out, mapping=demo_scene.mapping, client=cluster, **OPTS)
     assert summary.n_resumed > 0 and summary.n_written > 0
     assert_same_store(ref, out)

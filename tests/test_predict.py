@@ -8,6 +8,7 @@ its normalization statistics are those of the test cube.
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -430,6 +431,28 @@ def test_cli_predicts(tmp_path, small_scene, weights):
     ])
     assert res.exit_code == 0, res.output
     assert "Mpx/s" in res.output and validate_cog(tmp_path / "o" / "classes.tif") == []
+
+
+def test_rerun_with_other_options_owns_its_folder(tmp_path, small_scene, weights, predicted):
+    """A second prediction into the folder of one with parcels and probabilities, without them:
+    the first run's parcels.gpkg and probabilities.zarr go (they are its own, unchanged), the
+    user's file stays, and the manifest lists exactly what this run wrote."""
+    from crop2seg_pipeline.manifest import read_manifest
+
+    first, _ = predicted
+    out = tmp_path / "out"
+    shutil.copytree(first, out, copy_function=shutil.copy2)  # copy2: sizes and mtimes as written
+    (out / "my-notes.txt").write_text("mine")
+    assert (out / "parcels.gpkg").exists() and (out / "probabilities.zarr").is_dir()
+    assert (out / "probabilities.tif").exists()
+    s = predict(small_scene.items, weights, out, overlap=OVERLAP, batch_size=6, chunksize=128,
+                progress=lambda m: None)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["classes.tif", "classes.tif.aux.xml", "confidence.tif", "quicklook.png", "summary.json",
+                            "manifest.json", "my-notes.txt"])  # probabilities.tif went with probabilities.zarr
+    doc = read_manifest(out)
+    assert doc["complete"] and sorted(doc["files"]) == sorted(set(names) - {"manifest.json", "my-notes.txt"})
+    assert doc["settings"]["parcels"] is None and s.parcels is None
 
 
 # ----------------------------------------------------------------------------- every architecture

@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import sys
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import click
+
+from ..errors import Crop2SegError
+from ..interrupts import Interrupted, deferred, pause_point, signals_as_exceptions
 
 
 log = logging.getLogger("crop2seg_pipeline")
 
 
+#: The verbosity of the running command (``-v`` count), set by :func:`setup_logging`.
+_VERBOSITY = [0]
+
+
 def setup_logging(verbose: int, quiet: bool) -> None:
+    _VERBOSITY[0] = int(verbose or 0)
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
@@ -34,30 +41,112 @@ def setup_logging(verbose: int, quiet: bool) -> None:
         logging.getLogger("tornado.application").setLevel(logging.CRITICAL)
 
 
-@contextlib.contextmanager
-def workers_ignore_sigint(cluster: str | None) -> Iterator[None]:
-    """Start a local cluster's worker processes with SIGINT ignored (inherited through exec).
+def worker_log_level() -> int:
+    """Log level of local workers for the verbosity given to :func:`setup_logging` (``-v``:
+    warnings, with Dask's "Compute Failed" tracebacks; ``-vv``: info; default: critical only)."""
+    return {0: logging.CRITICAL, 1: logging.WARNING}.get(_VERBOSITY[0], logging.INFO)
 
-    A terminal's Ctrl-C goes to the whole process group: without this, every worker dies on its
-    own KeyboardInterrupt (tracebacks on stderr, the nanny killing them after a timeout) while the
-    client is still cancelling the build. With it, only this process gets the interrupt, and it
-    cancels the pass and closes the cluster itself. Other cluster types start no local workers
-    (and may wait for jobs a long time): left alone.
-    """
+
+def _is_local(cluster: str | None) -> bool:
     from ..cluster import resolve_spec
 
     try:
-        local = resolve_spec(cluster).get("type") == "local"
+        return resolve_spec(cluster).get("type") == "local"
     except Exception:  # noqa: BLE001 (connect() reports a bad spec)
-        local = False
-    if not local or threading.current_thread() is not threading.main_thread():
+        return False
+
+
+@contextlib.contextmanager
+def starting_cluster(cluster: str | None) -> Iterator[None]:
+    """Around a cluster start: Ctrl-C and SIGTERM are held back until the cluster is up (then
+    raised, and the cluster's own context closes it), never ignored.
+
+    For a local cluster SIGINT is also blocked in the threads the start creates, so its worker
+    processes start with SIGINT blocked: a terminal's Ctrl-C goes to the whole process group, and
+    without this every worker would die on its own KeyboardInterrupt (tracebacks on stderr) while
+    the command is still cancelling the work. Other cluster types start no local workers and may
+    wait for jobs a long time: only the signals are held back, for the client's start.
+    """
+    with deferred(block_sigint=_is_local(cluster)):
         yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        pause_point("cluster")
+
+
+def open_cluster(stack: contextlib.ExitStack, cluster: str | None, *, quiet: bool = False, **overrides) -> Any:
+    """Start or join ``cluster`` inside ``stack`` (closed with it), print the dashboard link."""
+    from ..cluster import connect
+
+    with starting_cluster(cluster):
+        client = stack.enter_context(connect(cluster, worker_log_level=worker_log_level(), **overrides))
+    if not quiet:
+        click.echo(f"Dask dashboard: {client.dashboard_link}")
+    return client
+
+
+def check_cluster(cluster: str | None, **overrides) -> None:
+    """Every check of ``--cluster`` and its overrides that needs no cluster (see :func:`cluster.check`)."""
+    from ..cluster import check
+
+    check(cluster, **overrides)
+
+
+def demo_scene_for(demo_size: int) -> Any:
+    """The embedded demo scene of the commands run without ``--items`` (generated once, reused)."""
+    from ..build import default_demo_paths
+    from ..demo import make_demo_scene
+
+    scene_dir, _ = default_demo_paths()
+    click.echo(f"no --items given: using the embedded demo scene in {scene_dir}/")
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+        return make_demo_scene(scene_dir, size=demo_size, progress=log.info)
+    except ValueError as e:  # the scene's parameters
+        raise click.BadParameter(str(e), param_hint="--demo-size") from None
+
+
+def _quieten_shutdown(signum: int) -> None:
+    """After an interrupt, the cluster's shutdown is not news: its log lines only with -vv."""
+    if _VERBOSITY[0] < 2:
+        for name in _SHUTDOWN_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+_SHUTDOWN_LOGGERS = ("distributed", "tornado", "asyncio", "bokeh")
+
+
+class Command(click.Command):
+    """A crop2seg command: SIGINT and SIGTERM stop it cleanly (exit 130 / 143 with ``interrupted``,
+    a line saying what was kept), package errors are one line (exit 1).
+
+    Parameters
+    ----------
+    interrupted
+        What the user should know after an interrupt (what is kept, how to resume).
+    """
+
+    def __init__(self, *args, interrupted: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.interrupted = interrupted or "stopped; nothing was left half-written"
+
+    def invoke(self, ctx: click.Context) -> Any:
+        levels = {n: logging.getLogger(n).level for n in _SHUTDOWN_LOGGERS}
+        with signals_as_exceptions(on_first=_quieten_shutdown):
+            try:
+                return super().invoke(ctx)
+            except Interrupted as e:
+                click.echo(f"\ninterrupted ({e.name}): {self.interrupted}", err=True)
+                ctx.exit(e.exit_code)
+            except Crop2SegError as e:
+                if _VERBOSITY[0] >= 1 and e.__cause__ is not None:
+                    log.error("cause:", exc_info=e.__cause__)
+                raise fail(e) from e
+            finally:
+                for n, level in levels.items():
+                    logging.getLogger(n).setLevel(level)
+
+
+def command(interrupted: str | None = None, **kwargs) -> Callable:
+    """``@click.command`` with the package's :class:`Command` and context settings."""
+    return click.command(cls=Command, context_settings=CONTEXT, interrupted=interrupted, **kwargs)
 
 
 def fail(e: Exception) -> click.ClickException:

@@ -13,7 +13,7 @@ import click
 
 from ..errors import Crop2SegError
 from ..workflow import workflow_option
-from . import CONTEXT, quiet_opt, setup_logging, verbose_opt, workers_ignore_sigint
+from . import CONTEXT, quiet_opt, setup_logging, starting_cluster, verbose_opt
 
 log = logging.getLogger("crop2seg_pipeline")
 
@@ -122,7 +122,7 @@ def app_cmd(items, weights, parcels, mapping, id_column, crop_column, layer, cac
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         with contextlib.ExitStack() as stack:
-            with workers_ignore_sigint(cluster):  # only this process gets Ctrl-C; it closes the cluster
+            with starting_cluster(cluster):  # only this process gets Ctrl-C; it closes the cluster
                 client = stack.enter_context(connect(cluster, n_workers=workers, threads_per_worker=threads_per_worker,
                                                      memory_limit=memory_limit))
             state.client = client

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import sys
+import dataclasses
 
 import click
 
 from ..errors import Crop2SegError
 from ..workflow import workflow_option
-from . import CONTEXT, fail, parse_floats, quiet_opt, setup_logging, verbose_opt, workers_ignore_sigint
+from ..interrupts import pause_point
+from . import check_cluster, command, demo_scene_for, fail, open_cluster, parse_floats, quiet_opt, setup_logging, verbose_opt
 
 
-@click.command(context_settings=CONTEXT)
+@command(interrupted="patches written so far are kept; run the same command again to resume.")
 @workflow_option("build-dataset")
 @click.option("--items", help="STAC ItemCollection JSON (path or URL). Default: the embedded demo scene.")
 @click.option("--parcels", type=click.Path(dir_okay=False), help="LPIS parcels (GPKG, SHP, GeoJSON, FlatGeobuf, GeoParquet; any CRS).")
@@ -21,15 +22,17 @@ from . import CONTEXT, fail, parse_floats, quiet_opt, setup_logging, verbose_opt
 @click.option("--id-column", default="ID_DPB", help="Parcel id attribute.")
 @click.option("--crop-column", default="KOD_PLODINY", help="Crop code attribute.")
 @click.option("--layer", default=None, help="Layer of a multi-layer parcel file.")
-@click.option("--patch-size", default=128, type=int, help="Patch side in pixels.")
+@click.option("--patch-size", default=128, type=int, help="Patch side in pixels (a multiple of 8, as the models need).")
 @click.option("--bbox", default=None, help="Area of interest 'minx,miny,maxx,maxy' (in --bbox-crs).")
 @click.option("--bbox-crs", default="EPSG:4326", help="CRS of --bbox.")
+@click.option("--antimeridian", is_flag=True, help="--bbox (lon/lat) crosses the 180th meridian: minx is east of it, maxx west of it.")
+@click.option("--epsg", default=None, help="CRS of the output grid (EPSG code of a projected CRS in metres, e.g. 32633) when a tile's items are in several CRSs. Default: the items' own CRS.")
 @click.option("--start", default=None, help="First date (YYYY-MM-DD).")
 @click.option("--end", default=None, help="Last date (YYYY-MM-DD).")
-@click.option("--max-cloud", default=None, type=float, help="Drop items whose eo:cloud_cover (%) is above this.")
+@click.option("--max-cloud", default=None, type=float, help="Drop items whose eo:cloud_cover (%) is above this (0..100).")
 @click.option("--min-crop-cover", default=0.3, type=float, help="Keep patches with at least this share of crop pixels.")
 @click.option("--min-date-clear", default=0.0, type=float, help="Drop a tile's dates whose clear-sky share is at most this.")
-@click.option("--split", default="0.7,0.15,0.15", help="train,val,test shares (assigned by spatial blocks).")
+@click.option("--split", default="0.7,0.15,0.15", help="train,val,test shares, each 0..1, summing to 1, train above 0 (assigned by spatial blocks).")
 @click.option("--split-block", default=2, type=int, help="Side of a split block, in patches.")
 @click.option("--seed", default=0, type=int, help="Seed of the split assignment.")
 @click.option("--chunksize", default=512, type=click.IntRange(min=1), help="Work chunk side in pixels, a multiple of --patch-size: the unit of work and of worker memory (one chunk with all its dates and bands).")
@@ -45,61 +48,50 @@ from . import CONTEXT, fail, parse_floats, quiet_opt, setup_logging, verbose_opt
 @verbose_opt
 @quiet_opt
 def build_dataset_cmd(items, parcels, out, mapping, id_column, crop_column, layer, patch_size, bbox, bbox_crs,
-                      start, end, max_cloud, min_crop_cover, min_date_clear, split, split_block, seed, chunksize, chunk_patches,
-                      resampling_20m, codec, cluster, workers, threads_per_worker, memory_limit, overwrite, demo_size,
-                      verbose, quiet):
+                      antimeridian, epsg, start, end, max_cloud, min_crop_cover, min_date_clear, split, split_block,
+                      seed, chunksize, chunk_patches, resampling_20m, codec, cluster, workers, threads_per_worker,
+                      memory_limit, overwrite, demo_size, verbose, quiet):
     """Build a Zarr patch dataset from Sentinel-2 STAC items and LPIS parcels, on a Dask cluster.
 
     With no arguments, generates the embedded demo scene under ./crop2seg-demo/ and builds
     ./crop2seg-demo/patches.zarr. Re-running the same command after an interruption finishes
-    only the missing patches.
+    only the missing patches. Every argument is checked before anything starts; one build at a
+    time writes a store (a second one is refused).
     """
     setup_logging(verbose, quiet)
-    from ..build import BuildConfig, build_dataset, default_demo_paths
-    from ..cluster import connect
+    from ..build import LOCK_HOLDER, BuildConfig, build_dataset, default_demo_paths, plan_build
+    from ..checks import check_target_crs
+    from ..locks import writer_lock
 
     if (items is None) != (parcels is None):
         raise click.UsageError("give both --items and --parcels, or neither (to build the demo)")
-    if items is None:
-        from ..demo import make_demo_scene
-
-        scene_dir, default_out = default_demo_paths()
-        click.echo(f"no --items/--parcels given: using the embedded demo scene in {scene_dir}/")
-        try:
-            scene = make_demo_scene(scene_dir, size=demo_size)
-        except Crop2SegError as e:
-            raise fail(e) from e
-        items, parcels = str(scene.items), str(scene.parcels)
-        mapping = mapping or str(scene.mapping)
-        out = out or str(default_out)
-    if out is None:
+    if items is not None and out is None:
         raise click.UsageError("--out is required with --items")
     if chunk_patches is not None:
         click.echo(f"--chunk-patches is deprecated: use --chunksize {chunk_patches * patch_size} (pixels)", err=True)
         chunksize = chunk_patches * patch_size
     try:
         cfg = BuildConfig(
-            items=items, parcels=parcels, out=out, mapping=mapping, id_column=id_column, crop_column=crop_column,
+            items=items or "<demo>", parcels=parcels or "<demo>", out=out or str(default_demo_paths()[1]),
+            mapping=mapping, id_column=id_column, crop_column=crop_column,
             layer=layer, patch_size=patch_size, bbox=parse_floats(bbox, 4, "--bbox"), bbox_crs=bbox_crs, start=start,
             end=end, max_cloud=max_cloud, min_crop_cover=min_crop_cover, min_date_clear=min_date_clear,
             split=parse_floats(split, 3, "--split"), split_block=split_block, seed=seed, chunksize=chunksize,
-            resampling_20m=resampling_20m, codec=codec,
+            resampling_20m=resampling_20m, codec=codec, epsg=check_target_crs(epsg), antimeridian=antimeridian,
         )
         cfg.validate()
+        check_cluster(cluster, n_workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit)
+        pause_point("args")
+        if items is None:
+            scene = demo_scene_for(demo_size)
+            cfg = dataclasses.replace(cfg, items=str(scene.items), parcels=str(scene.parcels),
+                                      mapping=mapping or str(scene.mapping))
         with contextlib.ExitStack() as stack:
-            with workers_ignore_sigint(cluster):
-                client = stack.enter_context(
-                    connect(cluster, n_workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit)
-                )
-            click.echo(f"Dask dashboard: {client.dashboard_link}")
-            try:
-                summary = build_dataset(config=cfg, client=client, overwrite=overwrite)
-            except KeyboardInterrupt:
-                click.echo(
-                    "\ninterrupted: patches written so far are kept; run the same command again to resume.",
-                    err=True,
-                )
-                sys.exit(130)
+            stack.enter_context(writer_lock(cfg.out, LOCK_HOLDER, "patch store"))
+            plan = plan_build(cfg, overwrite)  # inputs read and checked before the cluster starts
+            client = open_cluster(stack, cluster, n_workers=workers, threads_per_worker=threads_per_worker,
+                                  memory_limit=memory_limit)
+            summary = build_dataset(plan=plan, client=client)
     except Crop2SegError as e:
         raise fail(e) from e
     click.echo(summary.format())

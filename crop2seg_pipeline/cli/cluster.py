@@ -6,16 +6,17 @@ with ``--cluster tcp://HOST:PORT``; Ctrl-C stops it (and cancels its SLURM/PBS j
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import click
 
 from ..errors import Crop2SegError
 from ..workflow import workflow_option
-from . import CONTEXT
+from . import command, starting_cluster
 
 
-@click.command(context_settings=CONTEXT)
+@command(interrupted="the cluster was stopped.")
 @workflow_option("cluster")
 @click.argument("spec", default="local")
 @click.option("--dry-run", is_flag=True,
@@ -40,7 +41,9 @@ def cluster_cmd(spec, dry_run, workers, threads_per_worker, memory_limit, dashbo
         if dry_run:
             click.echo(describe(spec, **overrides))
             return
-        with connect(spec, **overrides) as client:
+        with contextlib.ExitStack() as stack:
+            with starting_cluster(spec):
+                client = stack.enter_context(connect(spec, **overrides))
             info = client.scheduler_info()
             click.echo(f"Dask scheduler: {info.get('address') or client.scheduler.address}")
             click.echo(f"Dask dashboard: {client.dashboard_link}")

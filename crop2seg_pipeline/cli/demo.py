@@ -9,10 +9,14 @@ import click
 
 from ..errors import Crop2SegError
 from ..workflow import workflow_option
-from . import CONTEXT, fail, quiet_opt, setup_logging, verbose_opt
+from . import command, fail, quiet_opt, setup_logging, verbose_opt
+
+#: The parameters of make_demo_scene as the options of this command, for its messages.
+_OPTIONS = {"size": "--size", "n_dates": "--dates", "seed": "--seed", "parcels_crs": "--parcels-crs",
+            "year": "--year", "format": "--format", "tile": "--tile"}
 
 
-@click.command(context_settings=CONTEXT)
+@command(interrupted="the scene is incomplete; run the same command again to make it.")
 @workflow_option("demo-scene")
 @click.argument("outdir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--size", default=1024, type=int, help="Scene side in 10 m pixels (even).")
@@ -40,7 +44,11 @@ def demo_scene_cmd(outdir, size, n_dates, seed, tile, year, fmt, parcels_crs, ov
     try:
         scene = make_demo_scene(outdir, size=size, n_dates=n_dates, seed=seed, parcels_crs=parcels_crs,
                                 overwrite=overwrite, tile=tile, year=year, format=fmt)
-    except (Crop2SegError, ValueError) as e:
+    except ValueError as e:  # a parameter: named as the option
+        msg = str(e)
+        first = msg.split(" ", 1)[0]
+        raise click.ClickException(_OPTIONS[first] + msg[len(first):] if first in _OPTIONS else msg) from None
+    except Crop2SegError as e:
         raise fail(e) from e
     click.echo(f"demo scene: {scene.root} ({size} x {size} px, tile {scene.tile}, {len(scene.dates)} dates "
                f"{scene.dates[0]}..{scene.dates[-1]}, {fmt}) in {time.perf_counter() - t0:.1f} s")

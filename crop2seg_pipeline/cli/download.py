@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import click
 
 from ..errors import Crop2SegError
+from ..interrupts import pause_point
 from ..workflow import workflow_option
-from . import CONTEXT, fail, parse_floats, quiet_opt, setup_logging, verbose_opt, workers_ignore_sigint
+from . import check_cluster, command, fail, open_cluster, parse_floats, quiet_opt, setup_logging, verbose_opt
 
 
-@click.command(context_settings=CONTEXT)
+@command(interrupted="complete files are kept; run the same command again to resume.")
 @workflow_option("download")
 @click.argument("items", required=False)
 @click.option("--items", "items_opt", default=None, hidden=True, help="ITEMS, as an option (workflows).")
@@ -36,8 +36,9 @@ def download_cmd(items, items_opt, out, bbox, bbox_crs, bands, retries, cluster,
     other command (e.g. on compute nodes without internet).
     """
     setup_logging(verbose, quiet)
-    from ..cluster import connect
-    from ..download import RetryPolicy, mirror, plan_mirror
+    from ..checks import check_bbox
+    from ..download import LOCK_HOLDER, RetryPolicy, mirror, plan_mirror
+    from ..locks import writer_lock
     from ..nomenclature import BANDS
 
     items = items or items_opt
@@ -53,18 +54,15 @@ def download_cmd(items, items_opt, out, bbox, bbox_crs, bands, retries, cluster,
         raise click.BadParameter("must be >= 1", param_hint="--retries")
     box = parse_floats(bbox, 4, "--bbox")
     try:
+        check_bbox(box, bbox_crs)
+        check_cluster(cluster, n_workers=workers, threads_per_worker=threads_per_worker)
         plan_mirror(items, bands=band_list, bbox=box, bbox_crs=bbox_crs)  # every check before a cluster starts
+        pause_point("args")
         with contextlib.ExitStack() as stack:
-            with workers_ignore_sigint(cluster):
-                client = stack.enter_context(connect(cluster, n_workers=workers, threads_per_worker=threads_per_worker))
-            if not quiet:
-                click.echo(f"Dask dashboard: {client.dashboard_link}")
-            try:
-                summary = mirror(items, out, bands=band_list, bbox=box, bbox_crs=bbox_crs, client=client,
-                                 policy=RetryPolicy(attempts=retries), progress=None if quiet else click.echo)
-            except KeyboardInterrupt:
-                click.echo("\ninterrupted: complete files are kept; run the same command again to resume.", err=True)
-                sys.exit(130)
+            stack.enter_context(writer_lock(out, LOCK_HOLDER, "mirror folder"))
+            client = open_cluster(stack, cluster, quiet=quiet, n_workers=workers, threads_per_worker=threads_per_worker)
+            summary = mirror(items, out, bands=band_list, bbox=box, bbox_crs=bbox_crs, client=client,
+                             policy=RetryPolicy(attempts=retries), progress=None if quiet else click.echo)
     except Crop2SegError as e:
         raise fail(e) from e
     click.echo(summary.format())

@@ -9,12 +9,12 @@ import click
 
 from ..errors import Crop2SegError
 from ..workflow import workflow_option
-from . import CONTEXT, pct, quiet_opt, setup_logging, verbose_opt
+from . import command, pct, quiet_opt, setup_logging, verbose_opt
 
 log = logging.getLogger("crop2seg_pipeline")
 
 
-@click.command(context_settings=CONTEXT)
+@command()
 @workflow_option("evaluate")
 @click.option("--dataset", "store", required=True, type=click.Path(exists=True, file_okay=False),
               help="Zarr patch store to evaluate on.")
@@ -42,10 +42,12 @@ def evaluate_cmd(store, weights, split, region, out, batch_size, device, workers
     """
     setup_logging(verbose, quiet)
     from ..evaluate import evaluate
+    from ..locks import writer_lock
 
     try:
-        m = evaluate(store, weights, split=split, region=region, out_dir=out, batch_size=batch_size,
-                     device=device, num_workers=workers, progress=log.info)
+        with writer_lock(out, "crop2seg-evaluate", "evaluation folder"):
+            m = evaluate(store, weights, split=split, region=region, out_dir=out, batch_size=batch_size,
+                         device=device, num_workers=workers, progress=log.info)
     except Crop2SegError as e:
         raise click.ClickException(str(e)) from e
     click.echo(format_metrics(m))

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import sys
 
 import click
 
 from ..errors import Crop2SegError
+from ..interrupts import pause_point
 from ..workflow import workflow_option
-from . import CONTEXT, fail, quiet_opt, setup_logging, verbose_opt, workers_ignore_sigint
+from . import check_cluster, command, fail, open_cluster, quiet_opt, setup_logging, verbose_opt
 
 log = logging.getLogger("crop2seg_pipeline")
 
 
-@click.command(context_settings=CONTEXT)
+@command(interrupted="no report was written (an earlier one in OUT is left as it was).")
 @workflow_option("report")
 @click.argument("source", required=False, type=click.Path())
 @click.option("--out", type=click.Path(file_okay=False),
@@ -45,7 +46,7 @@ def report_cmd(source, out, min_clear, bands, top, cluster, workers, threads_per
     offline: its figures are embedded.
     """
     setup_logging(verbose, quiet)
-    from ..cluster import connect
+    from ..locks import writer_lock
     from ..report import check_report, make_report
 
     if source is None:
@@ -56,17 +57,17 @@ def report_cmd(source, out, min_clear, bands, top, cluster, workers, threads_per
     opts = dict(min_clear=min_clear, bands=band_list, top=top)
     try:
         kind, _ = check_report(source, out, **opts)
-        if kind == "prediction":
-            summary = make_report(source, out, progress=log.info, **opts)
-        else:
-            with workers_ignore_sigint(cluster), connect(cluster, n_workers=workers,
-                                                         threads_per_worker=threads_per_worker,
-                                                         memory_limit=memory_limit) as client:
-                click.echo(f"Dask dashboard: {client.dashboard_link}")
+        if kind == "store":
+            check_cluster(cluster, n_workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit)
+        pause_point("args")
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(writer_lock(out, "crop2seg-report", "report folder"))
+            if kind == "prediction":
+                summary = make_report(source, out, progress=log.info, **opts)
+            else:
+                client = open_cluster(stack, cluster, n_workers=workers, threads_per_worker=threads_per_worker,
+                                      memory_limit=memory_limit)
                 summary = make_report(source, out, client=client, progress=log.info, **opts)
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted: no report was written", err=True)
-        sys.exit(130)
     except Crop2SegError as e:
         raise fail(e) from e
     click.echo(summary.format())

@@ -8,10 +8,10 @@ import click
 
 from ..errors import Crop2SegError
 from ..workflow import workflow_option
-from . import CONTEXT, fail, quiet_opt, setup_logging, verbose_opt
+from . import command, fail, quiet_opt, setup_logging, verbose_opt
 
 
-@click.command(context_settings=CONTEXT)
+@command()
 @workflow_option("index-safe")
 @click.argument("products", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Items JSON to write.")

@@ -9,7 +9,7 @@ import click
 
 from ..errors import Crop2SegError
 from ..workflow import workflow_option
-from . import CONTEXT, fail, parse_floats, quiet_opt, setup_logging, verbose_opt
+from . import command, fail, parse_floats, quiet_opt, setup_logging, verbose_opt
 
 
 def _date(text: str, name: str) -> dt.date:
@@ -19,7 +19,7 @@ def _date(text: str, name: str) -> dt.date:
         raise click.BadParameter(f"expected a date YYYY-MM-DD, got {text!r}", param_hint=name) from None
 
 
-@click.command(context_settings=CONTEXT)
+@command()
 @workflow_option("search")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="ItemCollection JSON to write.")
 @click.option("--provider", type=click.Choice(["earth-search", "planetary-computer", "cdse"]), default=None,
@@ -49,6 +49,7 @@ def search_cmd(out, provider, url, collection, bbox, area, tiles, start, end, ma
     """
     setup_logging(verbose, quiet)
     from ..search import PROVIDERS, Window, format_summary, monthly_windows, provider_for, read_area, search_windows, write_items
+    from ..checks import check_bbox
     from ..s2tiles import parse_tile
 
     if list_providers:
@@ -92,7 +93,7 @@ def search_cmd(out, provider, url, collection, bbox, area, tiles, start, end, ma
         coll = collection or (prov.collection if prov else None)
         if coll is None:
             raise click.UsageError("--collection is required with --url and no --provider")
-        box = parse_floats(bbox, 4, "--bbox")
+        box = check_bbox(parse_floats(bbox, 4, "--bbox"), "EPSG:4326")
         geom = read_area(area) if area else None
         items = search_windows(api, coll, windows=windows, bbox=box, intersects=geom, tiles=tile_list,
                                max_per_window=per_month, provider=prov, limit=limit,

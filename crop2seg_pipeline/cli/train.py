@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
 
 import click
 
 from ..errors import Crop2SegError
 from ..models.presets import MODEL_NAMES
 from ..workflow import workflow_option
-from . import CONTEXT, pct, quiet_opt, setup_logging, verbose_opt
+from . import command, pct, quiet_opt, setup_logging, verbose_opt
 
 log = logging.getLogger("crop2seg_pipeline")
 
-@click.command(context_settings=CONTEXT)
+@command(interrupted="finished epochs are kept in OUT/last.pt; run the same command again to resume.")
 @workflow_option("train")
 @click.option("--dataset", "store", required=True, type=click.Path(exists=True, file_okay=False),
               help="Zarr patch store written by crop2seg-build-dataset (its 'train' split is used for "
@@ -61,16 +59,14 @@ def train_cmd(store, out, model, epochs, batch_size, lr, lr_schedule, device, fi
       crop2seg-train --dataset crop2seg-demo/patches.zarr --out runs/small --epochs 10
     """
     setup_logging(verbose, quiet)
+    from ..locks import writer_lock
     from ..train import train
 
     try:
-        summary = train(store, out, model=model, epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
-                        device=device, finetune=finetune, seed=seed, num_workers=workers,
-                        temporal_dropout=temporal_dropout, augment=not no_augment, progress=log.info)
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: finished epochs are kept in {Path(out) / 'last.pt'}; run the same "
-                   "command again to resume.", err=True)
-        sys.exit(130)
+        with writer_lock(out, "crop2seg-train", "run folder"):
+            summary = train(store, out, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
+                            lr_schedule=lr_schedule, device=device, finetune=finetune, seed=seed, num_workers=workers,
+                            temporal_dropout=temporal_dropout, augment=not no_augment, progress=log.info)
     except Crop2SegError as e:
         raise click.ClickException(str(e)) from e
     click.echo(format_train_summary(summary))

@@ -19,6 +19,7 @@ import dask
 import numpy as np
 
 from ..blocks import CubeSource, read_block, read_scl
+from ..interrupts import hold_point
 from ..kernels.patches import Moments, patch_class_counts, patch_fraction, patch_mask, patch_views
 from ..kernels.s2 import clear_mask
 from ..store import write_marker, write_patches
@@ -106,6 +107,7 @@ def pass2_chunk(
         Per kept patch: its position in the store, its patch row/column inside the chunk and
         whether it is in the train split (its pixels feed the normalization moments).
     """
+    hold_point("pass2")  # the tests' hook (a no-op unless CROP2SEG_TEST_HOLD_AT names it)
     s2, scl = read_block(src, window, dates, scl=True)
     # patches written from views of the block (zarr makes each chunk contiguous as it encodes it)
     write_patches(store, index, patch_views(s2, rows, cols, patch_size), patch_views(label, rows, cols, patch_size),

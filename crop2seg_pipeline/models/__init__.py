@@ -28,6 +28,8 @@ _LAZY = {
     "Crop2SegLTAE": "ltae",
     "MODELS": "presets",
     "MODEL_NAMES": "presets",
+    "downscale_of": "presets",
+    "patch_multiple": "presets",
     "ARCHITECTURES": "registry",
     "build_model": "registry",
     "save_weights": "checkpoint",

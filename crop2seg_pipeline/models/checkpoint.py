@@ -96,9 +96,22 @@ def _atomic_write(path: Path, write) -> None:
 def _torch_load(path: Path, device: str | torch.device = "cpu") -> Any:
     """``torch.load(weights_only=True)`` with errors turned into :class:`CheckpointError`."""
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist; {_EXPECTED}") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a legacy pickle
+        raise CheckpointError(
+            f"{path} is not a PyTorch weights file (neither torch.save's zip format nor a pickle: it "
+            f"starts with {head!r}); {_EXPECTED}"
+        )
+    try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" in str(exc).lower():
+        text = str(exc).lower()
+        if "weights only load failed" in text and ("allowed global" in text or "unsupported global" in text):
             raise CheckpointError(
                 f"{path} is not a plain state_dict (nor a training checkpoint of tensors, "
                 "numbers and strings): it contains pickled Python objects, which are not "

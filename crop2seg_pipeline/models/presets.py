@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MODELS", "MODEL_NAMES"]
+__all__ = ["MODELS", "MODEL_NAMES", "downscale_of", "patch_multiple"]
 
 _FULL_UNET = dict(encoder_widths=[64, 64, 64, 128], decoder_widths=[32, 32, 64, 128], out_conv=[32],
                   str_conv_k=4, str_conv_s=2, str_conv_p=1, encoder_norm="group", n_head=16,
@@ -45,3 +45,22 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 
 #: every name ``build_model`` and ``crop2seg-train --model`` accept, in table order
 MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
+
+
+def downscale_of(name: str) -> int:
+    """What the input side of model ``name`` must be a multiple of (its ``downscale``), from its
+    configuration alone (no torch): the U-Net-like architectures halve the input once per
+    encoder stage after the first (``str_conv_s ** (len(encoder_widths) - 1)``, 8 for the
+    presets); UNet3D pools twice (4). ``tests/test_bad_inputs.py`` pins this against
+    ``build_model(name).downscale`` for every name."""
+    architecture, config = MODELS[name]
+    if architecture == "unet3d":
+        return 4
+    return int(config.get("str_conv_s", 2)) ** (len(config["encoder_widths"]) - 1)
+
+
+def patch_multiple() -> int:
+    """What a patch side must be a multiple of so that every model can train on it (8 today)."""
+    import math
+
+    return math.lcm(*(downscale_of(name) for name in MODELS))

@@ -23,6 +23,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from ..errors import ReportError
+from ..manifest import read_manifest
 from ..nomenclature import CLASS_NAMES
 
 __all__ = [
@@ -87,6 +88,12 @@ def read_prediction(folder: str | Path, load_parcels: bool = True) -> Prediction
         A file predict writes is missing or unreadable (e.g. the prediction did not finish).
     """
     folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is not None and not manifest.get("complete"):
+        raise ReportError(
+            f"{folder} is an incomplete prediction folder: its manifest.json says the run that writes it did not "
+            "finish (interrupted or failed, or still running); run crop2seg-predict again"
+        )
     missing = [n for n in PREDICTION_FILES if not (folder / n).is_file()]
     if missing:
         raise ReportError(

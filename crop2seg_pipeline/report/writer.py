@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 from ..errors import ReportError
+from ..locks import LOCK_DIR
 
 __all__ = ["MANIFEST", "REPORT_FORMAT", "check_out_dir", "write_report_files"]
 
@@ -51,11 +52,11 @@ def check_out_dir(out: str | os.PathLike, source: str | os.PathLike) -> list[str
     o, s = out.resolve(), src.resolve()
     if o == s or s in o.parents:
         raise ReportError(f"--out {out} lies inside the report's source {src}; choose a folder outside it")
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists() or not any(p.name != LOCK_DIR for p in out.iterdir()):  # empty, or only our writer lock
         return []
     doc = _manifest(out)
     if doc is None:
-        names = sorted(p.name for p in out.iterdir())
+        names = sorted(p.name for p in out.iterdir() if p.name != LOCK_DIR)
         shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
         raise ReportError(
             f"--out {out} already holds files that are not a crop2seg report ({shown}); choose a new or empty "

@@ -36,8 +36,8 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,13 @@ import numpy as np
 import torch
 
 from . import __version__
+from .augment import TrainTransform
 from .dataset import PatchDataset, collate_patches
+from .device import resolve_device
 from .errors import Crop2SegError, StoreError
-from .evaluate import confusion_over, resolve_device, weighted_cross_entropy
+from .evaluate import confusion_over
 from .kernels.metrics import metrics_from_confusion
+from .loss import class_weights, weighted_cross_entropy
 from .malloc import tune_malloc_for_torch
 from .models import CheckpointError, build_model, load_model, load_reference_state_dict, save_weights
 from .models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, _head_prefixes
@@ -57,9 +60,10 @@ from .store import open_store
 
 __all__ = [
     "train",
-    "TrainTransform",
+    "TrainingData",
+    "RunState",
+    "open_training_data",
     "EpochStats",
-    "class_weights",
     "make_loader",
     "default_workers",
     "intra_op_threads",
@@ -81,53 +85,6 @@ DEFAULT_BATCH_SIZE = 4
 def _seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from integers (``SeedSequence`` hashing)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-class TrainTransform:
-    """Training-time augmentation of one :class:`PatchDataset` sample.
-
-    * a random element of the dihedral group (rot90 k times, then an optional horizontal flip),
-      the same for ``s2``, ``label`` and ``parcel_id`` (square patches only for rotations);
-    * temporal dropout: each date is dropped with probability ``temporal_dropout`` (at least one
-      date is always kept).
-
-    The random draw depends only on ``(seed, epoch, patch index)``: set :attr:`epoch` before each
-    epoch. The object is picklable, so it works in DataLoader worker processes.
-    """
-
-    def __init__(self, seed: int = 0, augment: bool = True, temporal_dropout: float = 0.0):
-        if not 0.0 <= temporal_dropout < 1.0:
-            raise Crop2SegError(f"temporal dropout must be in [0, 1), got {temporal_dropout}")
-        self.seed = int(seed)
-        self.augment = bool(augment)
-        self.temporal_dropout = float(temporal_dropout)
-        self.epoch = 0
-
-    def __call__(self, sample: dict) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, int(sample["index"])])
-        if self.augment:
-            k, flip = int(rng.integers(4)), bool(rng.integers(2))
-            h, w = sample["label"].shape[-2:]
-            if h != w:
-                k = 2 * (k % 2)  # rot 180 keeps the shape
-            for key in ("s2", "label", "parcel_id"):
-                v = sample[key]
-                if k:
-                    v = torch.rot90(v, k, dims=(-2, -1))
-                if flip:
-                    v = torch.flip(v, dims=(-1,))
-                sample[key] = v.contiguous()
-        if self.temporal_dropout > 0:
-            t = sample["s2"].shape[0]
-            keep = rng.random(t) >= self.temporal_dropout
-            if not keep.any():
-                keep[rng.integers(t)] = True
-            if not keep.all():
-                idx = torch.from_numpy(np.flatnonzero(keep))
-                for key in ("s2", "positions", "clear"):
-                    if key in sample:
-                        sample[key] = sample[key].index_select(0, idx)
-        return sample
 
 
 def default_workers(device: torch.device) -> int:
@@ -175,23 +132,7 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: boo
         collate_fn=collate_patches, generator=gen, pin_memory=pin_memory, drop_last=False, **kwargs)
 
 
-# ----------------------------------------------------------------------------- loss
-
-
-def class_weights(counts: Sequence[int], ignore_index: int | None = NOT_CLASSIFIED) -> torch.Tensor:
-    """Inverse square root class frequencies, normalized to a mean of 1 per labelled pixel.
-
-    ``w_c = 1 / sqrt(n_c)`` for classes with pixels, 0 for absent classes and ``ignore_index``;
-    then scaled so that ``sum(w_c n_c) / sum(n_c) = 1`` (the loss keeps the scale of an
-    unweighted cross-entropy).
-    """
-    n = np.asarray(counts, dtype=np.float64)
-    if ignore_index is not None and 0 <= ignore_index < len(n):
-        n[ignore_index] = 0
-    w = np.where(n > 0, 1.0 / np.sqrt(np.maximum(n, 1)), 0.0)
-    if n.sum() > 0:
-        w /= (w * n).sum() / n.sum()
-    return torch.tensor(w, dtype=torch.float32)
+# ----------------------------------------------------------------------------- one epoch
 
 
 @dataclass
@@ -337,6 +278,239 @@ def epoch_lr(lr: float, epoch: int, epochs: int, schedule: str) -> float:
     return lr
 
 
+# ----------------------------------------------------------------------------- the run's pieces
+
+
+@dataclass
+class TrainingData:
+    """What a run trains and validates on, and how its samples were made (for ``model.json``)."""
+
+    store: str
+    attrs: dict[str, Any]
+    train: PatchDataset
+    val: PatchDataset | None
+    transform: TrainTransform
+    weight: torch.Tensor
+    class_names: list[str]
+    bands: list[str]
+    patch_size: tuple[int, int]
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train)
+
+    @property
+    def n_val(self) -> int:
+        return len(self.val) if self.val is not None else 0
+
+    def date_range(self) -> list[str] | None:
+        dates = self.train.dates[self.train.indices]
+        dates = dates[~np.isnat(dates)]
+        return [str(dates.min())[:10], str(dates.max())[:10]] if dates.size else None
+
+
+@dataclass
+class RunState:
+    """Progress of a run, saved in ``last.pt`` after every epoch."""
+
+    start_epoch: int = 0  # epochs finished before this call
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def best(self) -> dict[str, Any]:
+        return self.history[self.best_epoch - 1] if self.best_epoch else {}
+
+
+def _check_settings(epochs: int, batch_size: int, lr: float, lr_schedule: str, num_workers: int | None,
+                    out_dir: str | os.PathLike) -> Path:
+    if epochs < 1:
+        raise Crop2SegError(f"epochs must be >= 1, got {epochs}")
+    if batch_size < 1:
+        raise Crop2SegError(f"batch size must be >= 1, got {batch_size}")
+    if not lr > 0:
+        raise Crop2SegError(f"learning rate must be > 0, got {lr}")
+    if lr_schedule not in ("constant", "cosine"):
+        raise Crop2SegError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+    if num_workers is not None and num_workers < 0:
+        raise Crop2SegError(f"workers must be >= 0, got {num_workers}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise Crop2SegError(f"--out {out} exists and is not a folder")
+    return out
+
+
+def open_training_data(dataset_store: str | os.PathLike, transform: TrainTransform,
+                       say: Callable[[str], Any]) -> TrainingData:
+    """The store's ``train`` split (augmented by ``transform``), its ``val`` split, class weights.
+
+    The store is read lazily, one patch at a time, through :class:`PatchDataset`.
+    """
+    store = open_store(dataset_store)
+    attrs = dict(store.attrs)
+    splits = np.array(store["split"].values.tolist(), dtype=str)  # StringDType-safe
+    bands = [str(b) for b in store["band"].values]
+    patch_size = (int(store.sizes["y"]), int(store.sizes["x"]))
+    train_ds = PatchDataset(dataset_store, split="train", transform=transform)
+    val_ds = None
+    if (splits == "val").any():
+        val_ds = PatchDataset(dataset_store, split="val", mean=train_ds.mean, std=train_ds.std,
+                              reference_date=train_ds.reference_date)
+    else:
+        say(f"{dataset_store} has no 'val' patch: the last epoch is kept as the model")
+    counts = (attrs.get("class_pixel_counts") or {}).get("train")
+    if counts is None:
+        say("store has no class_pixel_counts attribute: counting train label pixels")
+        counts = _count_train_pixels(str(dataset_store), train_ds.indices)
+    if len(counts) != N_CLASSES:
+        raise StoreError(f"{dataset_store}: class_pixel_counts['train'] has {len(counts)} entries, "
+                         f"expected {N_CLASSES}")
+    weight = class_weights(counts, NOT_CLASSIFIED)
+    if not (weight > 0).any():
+        raise StoreError(f"{dataset_store}: the train split has no labelled pixel (all classes "
+                         "absent or 'Not classified')")
+    return TrainingData(store=str(dataset_store), attrs=attrs, train=train_ds, val=val_ds, transform=transform,
+                        weight=weight, class_names=list(attrs.get("class_names") or CLASS_NAMES), bands=bands,
+                        patch_size=patch_size)
+
+
+def build_network(model: str, data: TrainingData, seed: int) -> torch.nn.Module:
+    """The preset ``model`` for the data's bands, initialised from the seed only."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(seed, 0, 0))
+        net = build_model(model, n_classes=N_CLASSES, input_dim=len(data.bands))
+    patch_h, patch_w = data.patch_size
+    if patch_h % net.downscale or patch_w % net.downscale:
+        raise StoreError(f"patches of {data.store} are {patch_h} x {patch_w} px; model {model!r} "
+                         f"needs multiples of {net.downscale}")
+    return net
+
+
+def resume_state(out: Path, settings_json: str, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 epochs: int, say: Callable[[str], Any]) -> RunState:
+    """Load ``out/last.pt`` into ``net``/``optimizer`` (a fresh state when there is none).
+
+    Raises:
+        Crop2SegError: ``last.pt`` was written with other settings.
+    """
+    last_path = out / LAST_FILE
+    if not last_path.exists():
+        return RunState()
+    last = _load_last(last_path)
+    diff = _settings_diff(json.loads(last.get("settings", "{}")), json.loads(settings_json))
+    if diff:
+        raise Crop2SegError(
+            f"{out} holds a training run with other settings ({'; '.join(diff)}); re-run with "
+            "the same settings to resume, or choose another --out")
+    net.load_state_dict(last["model"])
+    optimizer.load_state_dict(last["optimizer"])
+    state = RunState(start_epoch=int(last["epoch"]), best_score=float(last["best_score"]),
+                     best_epoch=int(last["best_epoch"]), history=list(last.get("history", [])))
+    if state.start_epoch >= epochs:
+        say(f"{out}: {state.start_epoch} epochs already done (asked {epochs}); nothing to train")
+    else:
+        say(f"resuming {out} after epoch {state.start_epoch}")
+    return state
+
+
+def model_meta(data: TrainingData, preset: str) -> dict[str, Any]:
+    """``model.json`` content other than the architecture and the training summary."""
+    build = data.attrs.get("build_parameters", {})
+    return {
+        "bands": data.bands,
+        "normalization": {"mean": data.train.mean.tolist(), "std": data.train.std.tolist()},
+        "class_names": data.class_names,
+        "ignore_index": NOT_CLASSIFIED,
+        "reference_date": data.train.reference_date.isoformat(),
+        "patch_size": data.patch_size[0],
+        "preset": preset,
+        "software": f"crop2seg-pipeline {__version__}",
+        # how the store's pixels were selected, so prediction applies the same rules
+        "preprocessing": {
+            "min_date_clear": build.get("min_date_clear", 0.0),
+            "unclear_scl": build.get("unclear_scl"),
+            "resampling_20m": build.get("resampling_20m", "nearest"),
+        },
+    }
+
+
+def training_summary(data: TrainingData, run: Mapping[str, Any], state: RunState, done: int,
+                     epochs: int) -> dict[str, Any]:
+    """``model.json["training"]`` after ``done`` epochs."""
+    best = state.best
+    return {
+        "epochs": done,
+        "epochs_planned": int(epochs),
+        "best_epoch": state.best_epoch,
+        "val_miou": best.get("val_miou"),
+        "val_overall_accuracy": best.get("val_overall_accuracy"),
+        "store": data.store,
+        "store_fingerprint": data.attrs.get("fingerprint"),
+        "date_range": data.date_range(),
+        "n_train_patches": data.n_train,
+        "n_val_patches": data.n_val,
+        "seed": run["seed"],
+        "lr": run["lr"],
+        "batch_size": run["batch_size"],
+        "temporal_dropout": run["temporal_dropout"],
+        "augment": run["augment"],
+        "finetune": None if run["finetune"] is None else str(run["finetune"]),
+        "class_weights": [round(float(w), 6) for w in data.weight.cpu()],
+    }
+
+
+def validate(net: torch.nn.Module, data: TrainingData, weight: torch.Tensor, dev: torch.device,
+             batch_size: int, num_workers: int, seed: int, epoch: int) -> tuple[dict[str, Any], float]:
+    """Validation loss, OA and mIoU of ``net`` (``row`` entries) and the score picking the best epoch."""
+    if data.val is None:
+        return {}, float(epoch)  # no validation: the latest epoch is the best
+    loader = make_loader(data.val, batch_size, False, num_workers, seed=seed, epoch=epoch,
+                         pin_memory=dev.type == "cuda")
+    res = confusion_over(net, loader, dev, N_CLASSES, NOT_CLASSIFIED, "all", loss_weight=weight)
+    m = metrics_from_confusion(res["confusion"], data.class_names, NOT_CLASSIFIED)
+    row = {"val_loss": res["loss"], "val_overall_accuracy": m["overall_accuracy"], "val_miou": m["miou"],
+           "val_seconds": round(res["seconds"], 3)}
+    return row, (m["miou"] if m["miou"] is not None else -math.inf)
+
+
+def _epoch_message(epoch: int, epochs: int, stats: EpochStats, row: Mapping[str, Any], improved: bool) -> str:
+    return (f"epoch {epoch}/{epochs}  loss {stats.loss if stats.loss is not None else float('nan'):.4f}"
+            + (f"  val loss {row['val_loss']:.4f}" if row["val_loss"] is not None else "")
+            + f"  val OA {_fmt_pct(row['val_overall_accuracy'])}%  mIoU {_fmt_pct(row['val_miou'])}%"
+            + f"  {stats.seconds:.1f} s  {stats.patches_per_s:.1f} patches/s"
+            + f"  data wait {100 * stats.wait_share:.0f}%" + ("  *best*" if improved else ""))
+
+
+def _save_last(path: Path, net: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, state: RunState,
+               settings_json: str) -> None:
+    _atomic_torch_save({
+        "format": LAST_FORMAT,
+        "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "best_score": float(state.best_score),
+        "best_epoch": state.best_epoch,
+        "history": state.history,
+        "settings": settings_json,
+    }, path)
+
+
+def _refresh_summary(out: Path, data: TrainingData, run: Mapping[str, Any], state: RunState, done: int,
+                     epochs: int) -> None:
+    """Rewrite ``model.json``'s training summary with the final epoch count (weights unchanged)."""
+    if not state.best_epoch:
+        return
+    best_net, meta = load_model(out)
+    if meta.get("training", {}).get("epochs") != done:
+        save_weights(best_net, out, {**{k: v for k, v in meta.items()
+                                        if k not in ("architecture", "config", "format_version")},
+                                     "training": training_summary(data, run, state, done, epochs)})
+
+
+# ----------------------------------------------------------------------------- train
+
+
 def train(
     dataset_store: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -392,218 +566,86 @@ def train(
     """
     say = progress or log.info
     t_call = time.perf_counter()
-    if epochs < 1:
-        raise Crop2SegError(f"epochs must be >= 1, got {epochs}")
-    if batch_size < 1:
-        raise Crop2SegError(f"batch size must be >= 1, got {batch_size}")
-    if not lr > 0:
-        raise Crop2SegError(f"learning rate must be > 0, got {lr}")
-    if lr_schedule not in ("constant", "cosine"):
-        raise Crop2SegError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+    out = _check_settings(epochs, batch_size, lr, lr_schedule, num_workers, out_dir)
     dev = resolve_device(device)
     if num_workers is None:
         num_workers = default_workers(dev)
-    if num_workers < 0:
-        raise Crop2SegError(f"workers must be >= 0, got {num_workers}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise Crop2SegError(f"--out {out} exists and is not a folder")
 
-    # --- data: the store is read lazily, one patch at a time, through PatchDataset
-    store = open_store(dataset_store)
-    attrs = dict(store.attrs)
-    splits = np.array(store["split"].values.tolist(), dtype=str)  # StringDType-safe
-    bands = [str(b) for b in store["band"].values]
-    patch_h, patch_w = int(store.sizes["y"]), int(store.sizes["x"])
-    transform = TrainTransform(seed=seed, augment=augment, temporal_dropout=temporal_dropout)
-    train_ds = PatchDataset(dataset_store, split="train", transform=transform)
-    val_ds = None
-    if (splits == "val").any():
-        val_ds = PatchDataset(dataset_store, split="val", mean=train_ds.mean, std=train_ds.std,
-                              reference_date=train_ds.reference_date)
-    else:
-        say(f"{dataset_store} has no 'val' patch: the last epoch is kept as the model")
-    counts = (attrs.get("class_pixel_counts") or {}).get("train")
-    if counts is None:
-        say("store has no class_pixel_counts attribute: counting train label pixels")
-        counts = _count_train_pixels(str(dataset_store), train_ds.indices)
-    if len(counts) != N_CLASSES:
-        raise StoreError(f"{dataset_store}: class_pixel_counts['train'] has {len(counts)} entries, "
-                         f"expected {N_CLASSES}")
-    weight = class_weights(counts, NOT_CLASSIFIED)
-    if not (weight > 0).any():
-        raise StoreError(f"{dataset_store}: the train split has no labelled pixel (all classes "
-                         "absent or 'Not classified')")
-    class_names = list(attrs.get("class_names") or CLASS_NAMES)
+    data = open_training_data(dataset_store, TrainTransform(seed=seed, augment=augment,
+                                                            temporal_dropout=temporal_dropout), say)
 
-    # --- model + optimizer, initialised from the seed only
     tune_malloc_for_torch()  # batch tensors from the heap, not fresh mmaps (values unchanged)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_seed(seed, 0, 0))
-        net = build_model(model, n_classes=N_CLASSES, input_dim=len(bands))
-    if patch_h % net.downscale or patch_w % net.downscale:
-        raise StoreError(f"patches of {dataset_store} are {patch_h} x {patch_w} px; model {model!r} "
-                         f"needs multiples of {net.downscale}")
+    net = build_network(model, data, seed)
     if finetune is not None and not (out / LAST_FILE).exists():
         _finetune_into(net, finetune, say)
     net.to(dev)
-    weight = weight.to(dev)
+    weight = data.weight.to(dev)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     n_params = sum(p.numel() for p in net.parameters())
 
+    run = {"seed": int(seed), "lr": float(lr), "batch_size": int(batch_size),
+           "temporal_dropout": float(temporal_dropout), "augment": bool(augment), "finetune": finetune}
     settings = {
         "store": str(Path(dataset_store).resolve()),
-        "store_fingerprint": attrs.get("fingerprint"),  # a store rebuilt with other inputs differs
+        "store_fingerprint": data.attrs.get("fingerprint"),  # a store rebuilt with other inputs differs
         "model": model,
         "config": net.config,
-        "batch_size": int(batch_size),
-        "lr": float(lr),
-        "seed": int(seed),
-        "temporal_dropout": float(temporal_dropout),
-        "augment": bool(augment),
+        **{k: v for k, v in run.items() if k != "finetune"},
         "finetune": None if finetune is None else str(Path(finetune).resolve()),
     }
     if lr_schedule != "constant":  # absent for constant: runs made before the option still resume
         settings["lr_schedule"] = lr_schedule
     settings_json = json.dumps(settings, sort_keys=True)
 
-    # --- resume
-    start_epoch, best_score, best_epoch, history = 0, -math.inf, 0, []
-    last_path = out / LAST_FILE
-    if last_path.exists():
-        last = _load_last(last_path)
-        old = json.loads(last.get("settings", "{}"))
-        diff = _settings_diff(old, settings)
-        if diff:
-            raise Crop2SegError(
-                f"{out} holds a training run with other settings ({'; '.join(diff)}); re-run with "
-                "the same settings to resume, or choose another --out")
-        net.load_state_dict(last["model"])
-        optimizer.load_state_dict(last["optimizer"])
-        start_epoch, best_score = int(last["epoch"]), float(last["best_score"])
-        best_epoch, history = int(last["best_epoch"]), list(last.get("history", []))
-        if start_epoch >= epochs:
-            say(f"{out}: {start_epoch} epochs already done (asked {epochs}); nothing to train")
-        else:
-            say(f"resuming {out} after epoch {start_epoch}")
+    state = resume_state(out, settings_json, net, optimizer, epochs, say)
     out.mkdir(parents=True, exist_ok=True)
+    meta_base = model_meta(data, model)
 
-    meta_base = {
-        "bands": bands,
-        "normalization": {"mean": train_ds.mean.tolist(), "std": train_ds.std.tolist()},
-        "class_names": class_names,
-        "ignore_index": NOT_CLASSIFIED,
-        "reference_date": train_ds.reference_date.isoformat(),
-        "patch_size": patch_h,
-        "preset": model,
-        "software": f"crop2seg-pipeline {__version__}",
-        # how the store's pixels were selected, so prediction applies the same rules
-        "preprocessing": {
-            "min_date_clear": attrs.get("build_parameters", {}).get("min_date_clear", 0.0),
-            "unclear_scl": attrs.get("build_parameters", {}).get("unclear_scl"),
-            "resampling_20m": attrs.get("build_parameters", {}).get("resampling_20m", "nearest"),
-        },
-    }
-    train_dates = train_ds.dates[train_ds.indices]
-    train_dates = train_dates[~np.isnat(train_dates)]
-
-    def training_summary(done: int) -> dict[str, Any]:
-        best = history[best_epoch - 1] if best_epoch else {}
-        return {
-            "epochs": done,
-            "epochs_planned": int(epochs),
-            "best_epoch": best_epoch,
-            "val_miou": best.get("val_miou"),
-            "val_overall_accuracy": best.get("val_overall_accuracy"),
-            "store": str(dataset_store),
-            "store_fingerprint": attrs.get("fingerprint"),
-            "date_range": [str(train_dates.min())[:10], str(train_dates.max())[:10]] if train_dates.size else None,
-            "n_train_patches": len(train_ds),
-            "n_val_patches": len(val_ds) if val_ds is not None else 0,
-            "seed": int(seed),
-            "lr": float(lr),
-            "batch_size": int(batch_size),
-            "temporal_dropout": float(temporal_dropout),
-            "augment": bool(augment),
-            "finetune": None if finetune is None else str(finetune),
-            "class_weights": [round(float(w), 6) for w in weight.cpu()],
-        }
-
-    say(f"training {model} ({n_params:,} parameters) on {len(train_ds)} train / "
-        f"{len(val_ds) if val_ds is not None else 0} val patches, device {dev}, "
-        f"batch {batch_size}, {num_workers} data workers")
-    pin = dev.type == "cuda"
+    say(f"training {model} ({n_params:,} parameters) on {data.n_train} train / {data.n_val} val patches, "
+        f"device {dev}, batch {batch_size}, {num_workers} data workers")
     epochs_run = 0
     with intra_op_threads(dev, num_workers):
-        for epoch in range(start_epoch + 1, epochs + 1):
-            transform.epoch = epoch
+        for epoch in range(state.start_epoch + 1, epochs + 1):
+            data.transform.epoch = epoch
             for group in optimizer.param_groups:
                 group["lr"] = epoch_lr(lr, epoch, epochs, lr_schedule)
-            loader = make_loader(train_ds, batch_size, True, num_workers, seed=seed, epoch=epoch, pin_memory=pin)
+            loader = make_loader(data.train, batch_size, True, num_workers, seed=seed, epoch=epoch,
+                                 pin_memory=dev.type == "cuda")
             with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
                 torch.manual_seed(_seed(seed, epoch, 2))
                 stats = run_epoch(net, loader, weight, optimizer, dev)
             row: dict[str, Any] = {
-                "epoch": epoch,
-                "loss": stats.loss,
-                "seconds": round(stats.seconds, 3),
-                "patches_per_s": round(stats.patches_per_s, 3),
-                "data_wait_share": round(stats.wait_share, 4),
+                "epoch": epoch, "loss": stats.loss, "seconds": round(stats.seconds, 3),
+                "patches_per_s": round(stats.patches_per_s, 3), "data_wait_share": round(stats.wait_share, 4),
                 "val_loss": None, "val_overall_accuracy": None, "val_miou": None,
             }
-            if val_ds is not None:
-                vl = make_loader(val_ds, batch_size, False, num_workers, seed=seed, epoch=epoch, pin_memory=pin)
-                res = confusion_over(net, vl, dev, N_CLASSES, NOT_CLASSIFIED, "all", loss_weight=weight)
-                m = metrics_from_confusion(res["confusion"], class_names, NOT_CLASSIFIED)
-                row.update(val_loss=res["loss"], val_overall_accuracy=m["overall_accuracy"], val_miou=m["miou"])
-                row["val_seconds"] = round(res["seconds"], 3)
-                score = m["miou"] if m["miou"] is not None else -math.inf
-            else:
-                score = float(epoch)  # no validation: the latest epoch is the best
-            history.append(row)
-            improved = score > best_score or best_epoch == 0
+            val_row, score = validate(net, data, weight, dev, batch_size, num_workers, seed, epoch)
+            row.update(val_row)
+            state.history.append(row)
+            improved = score > state.best_score or state.best_epoch == 0
             if improved:
-                best_score, best_epoch = score, epoch
-                save_weights(net, out, {**meta_base, "training": training_summary(epoch)})
-            _atomic_torch_save({
-                "format": LAST_FORMAT,
-                "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "best_score": float(best_score),
-                "best_epoch": best_epoch,
-                "history": history,
-                "settings": settings_json,
-            }, last_path)
+                state.best_score, state.best_epoch = score, epoch
+                save_weights(net, out, {**meta_base, "training": training_summary(data, run, state, epoch, epochs)})
+            _save_last(out / LAST_FILE, net, optimizer, epoch, state, settings_json)
             epochs_run += 1
-            say(f"epoch {epoch}/{epochs}  loss {stats.loss if stats.loss is not None else float('nan'):.4f}"
-                + (f"  val loss {row['val_loss']:.4f}" if row["val_loss"] is not None else "")
-                + f"  val OA {_fmt_pct(row['val_overall_accuracy'])}%  mIoU {_fmt_pct(row['val_miou'])}%"
-                + f"  {stats.seconds:.1f} s  {stats.patches_per_s:.1f} patches/s"
-                + f"  data wait {100 * stats.wait_share:.0f}%" + ("  *best*" if improved else ""))
+            say(_epoch_message(epoch, epochs, stats, row, improved))
 
-    # refresh model.json's training summary with the final epoch count (weights unchanged)
-    done = max(start_epoch, start_epoch + epochs_run)
-    if best_epoch:
-        best_net, meta = load_model(out)
-        if meta.get("training", {}).get("epochs") != done:
-            save_weights(best_net, out, {**{k: v for k, v in meta.items()
-                                            if k not in ("architecture", "config", "format_version")},
-                                         "training": training_summary(done)})
-    best = history[best_epoch - 1] if best_epoch else {}
+    done = state.start_epoch + epochs_run
+    _refresh_summary(out, data, run, state, done, epochs)
+    best = state.best
     return {
         "weights_dir": str(out),
         "model": model,
         "epochs": done,
         "epochs_run": epochs_run,
-        "resumed_from": start_epoch,
-        "best_epoch": best_epoch,
+        "resumed_from": state.start_epoch,
+        "best_epoch": state.best_epoch,
         "best_val_miou": best.get("val_miou"),
         "best_val_overall_accuracy": best.get("val_overall_accuracy"),
-        "history": history,
+        "history": state.history,
         "device": str(dev),
-        "n_train": len(train_ds),
-        "n_val": len(val_ds) if val_ds is not None else 0,
+        "n_train": data.n_train,
+        "n_val": data.n_val,
         "parameters": n_params,
         "seconds": round(time.perf_counter() - t_call, 3),
     }

@@ -1,106 +1,20 @@
-"""Tests of training, evaluation and their CLI on small synthetic patch stores."""
+"""Tests of training and its CLI on small synthetic patch stores (``patchstores.py``)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from patchstores import KW, store, trained  # noqa: F401 (fixtures)
 
 from crop2seg_pipeline.cli.evaluate import evaluate_cmd
 from crop2seg_pipeline.cli.train import train_cmd
 from crop2seg_pipeline.errors import Crop2SegError, StoreError
-from crop2seg_pipeline.evaluate import evaluate
-from crop2seg_pipeline.models import CheckpointError, build_model, load_model, save_weights
+from crop2seg_pipeline.models import CheckpointError, build_model, load_model
 from crop2seg_pipeline.nomenclature import BANDS, CLASS_NAMES
-from crop2seg_pipeline.store import create_skeleton, finalize, write_patches
-from crop2seg_pipeline.train import LAST_FILE, TrainTransform, class_weights, train
-
-# ----------------------------------------------------------------------------- synthetic store
-
-#: classes used by the synthetic store and the day of year their vegetation peaks (None: bare)
-PHENOLOGY = {0: None, 1: 160, 4: 140, 5: 110, 6: 225}
-
-
-def _reflectance(cls: int, doy: np.ndarray) -> np.ndarray:
-    """(T, 10) DN of a class on days of year ``doy``: NIR bands follow the class's greenness."""
-    peak = PHENOLOGY[cls]
-    green = np.zeros(len(doy)) if peak is None else np.exp(-0.5 * ((doy - peak) / 30.0) ** 2)
-    if cls == 1:
-        green = 0.5 + 0.3 * green  # grassland: green all season
-    nir = np.array([0, 0, 0, 0.4, 0.8, 1, 1, 1, 0.2, 0.0])  # per band response to greenness
-    red = np.array([0.3, 0.2, 0.6, 0.3, 0, 0, 0, 0, 0.3, 0.5])
-    return 900 + 3000 * green[:, None] * nir[None] + 900 * (1 - green[:, None]) * red[None]
-
-
-def make_store(path: Path, n: int = 12, size: int = 32, t_max: int = 8, seed: int = 0,
-               splits: tuple[str, ...] | None = None) -> Path:
-    """A complete patch store with learnable labels: 4 rectangular parcels per patch whose
-    classes differ by their time series, an unclassified (14) strip in some patches, 5..8
-    dates per patch (NaT-padded), splits 8 train / 2 val / 2 test by default."""
-    rng = np.random.default_rng(seed)
-    splits = splits or tuple(["train"] * 8 + ["val"] * 2 + ["test"] * 2)[:n]
-    classes = np.array(list(PHENOLOGY))
-    s2 = np.zeros((n, t_max, len(BANDS), size, size), np.uint16)
-    label = np.zeros((n, size, size), np.uint8)
-    pid = np.zeros((n, size, size), np.int32)
-    dates = np.full((n, t_max), np.datetime64("NaT"), "datetime64[ns]")
-    clear = np.full((n, t_max), np.nan, np.float32)
-    pool = np.arange(np.datetime64("2021-03-01"), np.datetime64("2021-10-31"), np.timedelta64(6, "D"))
-    for p in range(n):
-        t = int(rng.integers(5, t_max + 1))
-        d = np.sort(rng.choice(pool, t, replace=False))
-        dates[p, :t] = d
-        clear[p, :t] = rng.uniform(0.5, 1.0, t)
-        doy = (d - d.astype("datetime64[Y]")).astype(int) + 1
-        r, c = rng.integers(8, size - 8, 2)
-        for k, (ys, xs) in enumerate([(slice(0, r), slice(0, c)), (slice(0, r), slice(c, None)),
-                                      (slice(r, None), slice(0, c)), (slice(r, None), slice(c, None))]):
-            cls = int(classes[(p + k) % len(classes)])
-            label[p, ys, xs] = cls
-            pid[p, ys, xs] = 0 if cls == 0 else 100 * p + k + 1
-            block = _reflectance(cls, doy)[:, :, None, None]
-            noise = rng.normal(0, 60, (t, len(BANDS)) + label[p, ys, xs].shape)
-            s2[p, :t, :, ys, xs] = np.clip(block + noise, 1, 10000).astype(np.uint16)
-        if p % 3 == 0:
-            label[p, -3:, :] = 14  # an unclassified parcel strip
-    patches = pd.DataFrame({
-        "tile": ["33UWQ"] * n, "row": np.arange(n) // 4, "col": np.arange(n) % 4,
-        "split": list(splits), "epsg": [32633] * n,
-        "x0": 500000.0 + 320 * (np.arange(n) % 4), "y0": 5500000.0 - 320 * (np.arange(n) // 4),
-    })
-    create_skeleton(path, patches, dates, clear, BANDS, size,
-                    {"class_names": list(CLASS_NAMES), "bands": list(BANDS), "patch_size": size})
-    write_patches(path, list(range(n)), s2, label, pid)
-    train_idx = [i for i, s in enumerate(splits) if s == "train"]
-    valid = np.stack([(np.arange(t_max) < (~np.isnat(dates[i])).sum()) for i in train_idx])
-    vals = s2[train_idx].transpose(0, 1, 3, 4, 2)[valid].reshape(-1, len(BANDS)).astype(np.float64)
-    counts = {s: np.bincount(label[[i for i, x in enumerate(splits) if x == s]].ravel(),
-                             minlength=15).tolist() for s in ("train", "val", "test")}
-    finalize(path, {"normalization": {"train": {"mean": vals.mean(0).tolist(), "std": vals.std(0).tolist()}},
-                    "class_pixel_counts": counts})
-    return path
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("store") / "patches.zarr")
-
-
-KW = dict(model="utae-small", batch_size=2, lr=5e-3, device="cpu", num_workers=0, seed=3)
-
-
-@pytest.fixture(scope="module")
-def trained(store, tmp_path_factory):
-    """A 2-epoch utae-small run (shared by the training, resume and evaluation tests)."""
-    out = tmp_path_factory.mktemp("run") / "run"
-    summary = train(store, out, epochs=2, **KW)
-    return out, summary
-
+from crop2seg_pipeline.train import LAST_FILE, train
 
 # ----------------------------------------------------------------------------- training
 
@@ -207,96 +121,6 @@ def test_train_rejects_bad_input(store, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(Crop2SegError, match="CUDA is not available"):
             train(store, tmp_path / "r", epochs=1, **{**KW, "device": "cuda"})
-
-
-def test_train_transform_is_consistent_and_seeded():
-    t = torch.arange(4 * 2 * 8 * 8, dtype=torch.float32).reshape(4, 2, 8, 8)
-    lab = torch.arange(64).reshape(8, 8)
-    sample = lambda: {"s2": t.clone(), "positions": torch.arange(4.0), "clear": torch.ones(4),  # noqa: E731
-                      "label": lab.clone(), "parcel_id": lab.clone() * 10, "index": 7}
-    tr = TrainTransform(seed=1, augment=True, temporal_dropout=0.5)
-    outs = []
-    for epoch in range(6):
-        tr.epoch = epoch
-        s = tr(sample())
-        outs.append(s)
-        assert torch.equal(s["parcel_id"], s["label"] * 10)          # same transform on both
-        # the label moved with the image: pixel (i, j) of band 0 at date 0 still matches
-        k = int(s["positions"][0])
-        assert torch.equal(s["s2"][0, 0], t[k, 0].flatten()[s["label"].flatten()].reshape(8, 8))
-        assert 1 <= s["s2"].shape[0] == len(s["positions"]) == len(s["clear"]) <= 4
-    assert len({tuple(o["label"].flatten()[:3].tolist()) for o in outs}) > 1   # it does vary
-    tr.epoch = 3
-    again = tr(sample())
-    assert torch.equal(again["s2"], outs[3]["s2"])                   # and is reproducible
-    assert torch.equal(TrainTransform(augment=False)(sample())["s2"], t)
-
-
-def test_class_weights_inverse_sqrt_ignoring_class_14():
-    counts = [400, 100, 0] + [0] * 11 + [1000]
-    w = class_weights(counts)
-    assert w[14] == 0 and w[2] == 0
-    assert w[1] / w[0] == pytest.approx(2.0)                        # sqrt(400 / 100)
-    n = torch.tensor(counts, dtype=torch.float32)
-    n[14] = 0
-    assert float((w * n).sum() / n.sum()) == pytest.approx(1.0)
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def test_evaluate_writes_metrics_and_plot(trained, store, tmp_path):
-    out, _ = trained
-    m = evaluate(store, out, split="test", region="all", out_dir=tmp_path / "eval", device="cpu")
-    doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    png = (tmp_path / "eval" / "confusion_matrix.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    for key in ("overall_accuracy", "miou", "macro_f1", "per_class", "confusion_matrix"):
-        assert key in doc
-    assert doc == json.loads(json.dumps(m))
-    cm = np.array(doc["confusion_matrix"])
-    assert cm.shape == (15, 15) and cm[14].sum() == 0 and cm[:, 14].sum() == 0
-    assert cm.sum() == doc["n_pixels"] == 2 * 32 * 32 - doc["ignored_pixels"]
-    assert doc["overall_accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
-    assert set(doc["per_class"]) == set(CLASS_NAMES[:14])
-    assert {"iou", "f1", "support"} <= set(doc["per_class"]["Maize"])
-    assert 0 <= doc["miou"] <= 1 and doc["split"] == "test" and doc["n_patches"] == 2
-    # boundary + interior pixels partition all scored pixels
-    b = evaluate(store, out, split="test", region="boundary", device="cpu")
-    i = evaluate(store, out, split="test", region="interior", device="cpu")
-    np.testing.assert_array_equal(np.array(b["confusion_matrix"]) + np.array(i["confusion_matrix"]), cm)
-    assert 0 < b["n_pixels"] < i["n_pixels"]
-
-
-def test_evaluate_uses_checkpoint_normalization_not_the_store(trained, store, tmp_path):
-    out, _ = trained
-    model, meta = load_model(out)
-    base = evaluate(store, out, split="val", device="cpu")
-    meta = {k: v for k, v in meta.items() if k not in ("architecture", "config", "format_version")}
-    shifted = tmp_path / "shifted"
-    save_weights(model, shifted, {**meta, "normalization": {"mean": [m + 5000 for m in meta["normalization"]["mean"]],
-                                                            "std": meta["normalization"]["std"]}})
-    assert evaluate(store, shifted, split="val", device="cpu")["confusion_matrix"] != base["confusion_matrix"]
-    (shifted / "model.json").write_text(json.dumps({**json.loads((shifted / "model.json").read_text()),
-                                                    "reference_date": None}))
-    with pytest.raises(CheckpointError, match="reference_date"):
-        evaluate(store, shifted, split="val", device="cpu")
-
-
-def test_evaluate_refuses_weights_for_other_bands_or_classes(store, tmp_path):
-    four = build_model("utae-small", n_classes=15, input_dim=4)
-    save_weights(four, tmp_path / "four", {"bands": ["B02", "B03", "B04", "B08"]})
-    with pytest.raises(CheckpointError, match="4 bands, but 10 bands were expected"):
-        evaluate(store, tmp_path / "four", out_dir=tmp_path / "e1", device="cpu")
-    twenty = build_model("utae-small", n_classes=20)
-    save_weights(twenty, tmp_path / "twenty", {"bands": list(BANDS)})
-    with pytest.raises(CheckpointError, match="20 classes, but 15 classes were expected"):
-        evaluate(store, tmp_path / "twenty", out_dir=tmp_path / "e2", device="cpu")
-    renamed = build_model("utae-small", n_classes=15)
-    save_weights(renamed, tmp_path / "renamed", {"bands": list(BANDS[::-1])})
-    with pytest.raises(CheckpointError, match="different names/order"):
-        evaluate(store, tmp_path / "renamed", device="cpu")
-    assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists()
 
 
 # ----------------------------------------------------------------------------- CLI

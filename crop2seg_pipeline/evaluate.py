@@ -1,9 +1,10 @@
 """Evaluate a weights folder on a split of a Zarr patch store: metrics.json + confusion matrix PNG.
 
 Preprocessing has a single code path: the :class:`~crop2seg_pipeline.dataset.PatchDataset` is
-built with the *checkpoint's* normalization (``model.json["normalization"]``) and reference date
-(``model.json["reference_date"]``), never the store's, so a model is always fed the way it was
-trained, whatever store it is evaluated on.
+built with the *checkpoint's* normalization (``model.json["normalization"]``), reference date
+(``model.json["reference_date"]``) and date encoding (``model.json["date_encoding"]``, ``days``
+when absent), never the store's, so a model is always fed the way it was trained, whatever store
+it is evaluated on.
 
 Predictions are the argmax over every class except ``Not classified`` (14): that id means "label
 unknown" and is never a valid answer (it has weight 0 in the training loss).
@@ -31,6 +32,7 @@ import torch
 from .dataset import PatchDataset, collate_patches
 from .device import resolve_device
 from .errors import Crop2SegError, StoreError
+from .kernels.dates import DATE_ENCODINGS, DEFAULT_DATE_ENCODING
 from .kernels.metrics import REGIONS, confusion_matrix, metrics_from_confusion, region_mask
 from .loss import weighted_cross_entropy
 from .malloc import tune_malloc_for_torch
@@ -247,7 +249,12 @@ def evaluate(
     if patch % model.downscale or int(ds.sizes["x"]) % model.downscale:
         raise StoreError(f"patches of {dataset_store} are {ds.sizes['y']} x {ds.sizes['x']} px; this "
                          f"model needs multiples of {model.downscale}")
-    data = PatchDataset(dataset_store, split=split, mean=mean, std=std, reference_date=str(ref))
+    encoding = meta.get("date_encoding", DEFAULT_DATE_ENCODING)
+    if encoding not in DATE_ENCODINGS:
+        raise CheckpointError(f"{Path(weights_dir) / 'model.json'}: date_encoding {encoding!r} is not one of "
+                              f"{', '.join(DATE_ENCODINGS)}; use a weights folder written by crop2seg-train")
+    data = PatchDataset(dataset_store, split=split, mean=mean, std=std, reference_date=str(ref),
+                        date_encoding=encoding)
     class_names = list(meta.get("class_names") or CLASS_NAMES)
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False,
                                          num_workers=num_workers, collate_fn=collate_patches,

@@ -60,6 +60,7 @@ from .cube import clear_sky, cube_grid_of, load_cube
 from .errors import Crop2SegError, EmptySelectionError, MissingBandError
 from .grid import Grid
 from .items import normalize_items, select_items
+from .kernels.dates import position_range
 from .kernels.windows import (
     accumulate_windows,
     blend_weights,
@@ -113,6 +114,8 @@ class ModelSpec:
     bands : input bands, in the model's order (``model.json["bands"]``)
     mean, std : per-band normalization (``model.json["normalization"]``)
     reference_date : ISO date; positions are days since it (``model.json["reference_date"]``)
+    date_encoding : how dates become positions (``model.json["date_encoding"]``, default ``days``;
+        :func:`crop2seg_pipeline.kernels.dates.date_positions`)
     patch_size : window side the model was trained on (``model.json["patch_size"]``, default 128)
     class_names : output classes (``model.json["class_names"]``)
     ignore_index : class never predicted (``model.json["ignore_index"]``, default 14)
@@ -136,6 +139,7 @@ class ModelSpec:
     date_range: tuple[str, str] | None = None
     min_date_clear: float | None = 0.0
     unclear_scl: tuple[int, ...] = DEFAULT_UNCLEAR_SCL
+    date_encoding: str = "days"
 
     @property
     def n_classes(self) -> int:
@@ -144,8 +148,7 @@ class ModelSpec:
     def position_range(self) -> tuple[float, float] | None:
         if self.date_range is None:
             return None
-        p = date_positions(np.array(self.date_range, dtype="datetime64[D]"), self.reference_date)
-        return float(p.min()), float(p.max())
+        return position_range(self.date_range[0], self.date_range[1], self.reference_date, self.date_encoding)
 
 
 def _fingerprint(folder: Path) -> tuple:
@@ -227,6 +230,7 @@ def read_model_spec(weights_dir: str | os.PathLike) -> ModelSpec:
         date_range=date_range,  # type: ignore[arg-type]
         min_date_clear=pre.get("min_date_clear", 0.0),
         unclear_scl=tuple(int(v) for v in pre.get("unclear_scl", DEFAULT_UNCLEAR_SCL)),
+        date_encoding=str(meta.get("date_encoding", "days")),
     )
 
 
@@ -472,7 +476,7 @@ def _bounds(chunks: Sequence[int]) -> tuple[int, ...]:
 
 
 def _check_dates(times: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    positions = date_positions(times, spec.reference_date)
+    positions = date_positions(times, spec.reference_date, spec.date_encoding)
     rng = spec.position_range()
     if rng is not None:
         outside = (positions < rng[0]) | (positions > rng[1])

@@ -36,7 +36,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,18 +45,19 @@ import numpy as np
 import torch
 
 from . import __version__
-from .augment import TrainTransform
-from .dataset import PatchDataset, collate_patches
+from .augment import TemporalAugment, TrainTransform
+from .dataset import collate_patches
 from .device import resolve_device
 from .errors import Crop2SegError, StoreError
 from .evaluate import confusion_over
 from .kernels.metrics import metrics_from_confusion
-from .loss import class_weights, weighted_cross_entropy
+from .loss import weighted_cross_entropy
 from .malloc import tune_malloc_for_torch
 from .models import CheckpointError, build_model, load_model, load_reference_state_dict, save_weights
 from .models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, _head_prefixes
-from .nomenclature import CLASS_NAMES, N_CLASSES, NOT_CLASSIFIED
-from .store import open_store
+from .nomenclature import NOT_CLASSIFIED
+from .kernels.dates import DATE_ENCODINGS
+from .train_data import TrainingData, open_training_data
 
 __all__ = [
     "train",
@@ -77,6 +78,8 @@ LAST_FILE = "last.pt"
 LAST_FORMAT = 1
 DEFAULT_EPOCHS = 25
 DEFAULT_BATCH_SIZE = 4
+#: Temporal augmentation of ``crop2seg-train`` unless told otherwise.
+DEFAULT_TEMPORAL = TemporalAugment()
 
 
 # ----------------------------------------------------------------------------- randomness
@@ -253,16 +256,6 @@ def _finetune_into(model: torch.nn.Module, source: str | os.PathLike, say: Calla
                                         "entries)" if head else ""))
 
 
-def _count_train_pixels(store: str, indices: np.ndarray) -> list[int]:
-    import zarr
-
-    arr = zarr.open_group(str(store), mode="r", zarr_format=3)["label"]
-    counts = np.zeros(N_CLASSES, np.int64)
-    for i in indices:
-        counts += np.bincount(np.asarray(arr[int(i)]).ravel(), minlength=N_CLASSES)[:N_CLASSES]
-    return counts.tolist()
-
-
 # ----------------------------------------------------------------------------- train
 
 
@@ -282,34 +275,6 @@ def epoch_lr(lr: float, epoch: int, epochs: int, schedule: str) -> float:
 
 
 @dataclass
-class TrainingData:
-    """What a run trains and validates on, and how its samples were made (for ``model.json``)."""
-
-    store: str
-    attrs: dict[str, Any]
-    train: PatchDataset
-    val: PatchDataset | None
-    transform: TrainTransform
-    weight: torch.Tensor
-    class_names: list[str]
-    bands: list[str]
-    patch_size: tuple[int, int]
-
-    @property
-    def n_train(self) -> int:
-        return len(self.train)
-
-    @property
-    def n_val(self) -> int:
-        return len(self.val) if self.val is not None else 0
-
-    def date_range(self) -> list[str] | None:
-        dates = self.train.dates[self.train.indices]
-        dates = dates[~np.isnat(dates)]
-        return [str(dates.min())[:10], str(dates.max())[:10]] if dates.size else None
-
-
-@dataclass
 class RunState:
     """Progress of a run, saved in ``last.pt`` after every epoch."""
 
@@ -324,7 +289,7 @@ class RunState:
 
 
 def _check_settings(epochs: int, batch_size: int, lr: float, lr_schedule: str, num_workers: int | None,
-                    out_dir: str | os.PathLike) -> Path:
+                    out_dir: str | os.PathLike, date_encoding: str) -> Path:
     if epochs < 1:
         raise Crop2SegError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
@@ -335,55 +300,24 @@ def _check_settings(epochs: int, batch_size: int, lr: float, lr_schedule: str, n
         raise Crop2SegError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
     if num_workers is not None and num_workers < 0:
         raise Crop2SegError(f"workers must be >= 0, got {num_workers}")
+    if date_encoding not in DATE_ENCODINGS:
+        raise Crop2SegError(f"date encoding must be one of {', '.join(DATE_ENCODINGS)}, got {date_encoding!r}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise Crop2SegError(f"--out {out} exists and is not a folder")
     return out
 
 
-def open_training_data(dataset_store: str | os.PathLike, transform: TrainTransform,
-                       say: Callable[[str], Any]) -> TrainingData:
-    """The store's ``train`` split (augmented by ``transform``), its ``val`` split, class weights.
-
-    The store is read lazily, one patch at a time, through :class:`PatchDataset`.
-    """
-    store = open_store(dataset_store)
-    attrs = dict(store.attrs)
-    splits = np.array(store["split"].values.tolist(), dtype=str)  # StringDType-safe
-    bands = [str(b) for b in store["band"].values]
-    patch_size = (int(store.sizes["y"]), int(store.sizes["x"]))
-    train_ds = PatchDataset(dataset_store, split="train", transform=transform)
-    val_ds = None
-    if (splits == "val").any():
-        val_ds = PatchDataset(dataset_store, split="val", mean=train_ds.mean, std=train_ds.std,
-                              reference_date=train_ds.reference_date)
-    else:
-        say(f"{dataset_store} has no 'val' patch: the last epoch is kept as the model")
-    counts = (attrs.get("class_pixel_counts") or {}).get("train")
-    if counts is None:
-        say("store has no class_pixel_counts attribute: counting train label pixels")
-        counts = _count_train_pixels(str(dataset_store), train_ds.indices)
-    if len(counts) != N_CLASSES:
-        raise StoreError(f"{dataset_store}: class_pixel_counts['train'] has {len(counts)} entries, "
-                         f"expected {N_CLASSES}")
-    weight = class_weights(counts, NOT_CLASSIFIED)
-    if not (weight > 0).any():
-        raise StoreError(f"{dataset_store}: the train split has no labelled pixel (all classes "
-                         "absent or 'Not classified')")
-    return TrainingData(store=str(dataset_store), attrs=attrs, train=train_ds, val=val_ds, transform=transform,
-                        weight=weight, class_names=list(attrs.get("class_names") or CLASS_NAMES), bands=bands,
-                        patch_size=patch_size)
-
-
 def build_network(model: str, data: TrainingData, seed: int) -> torch.nn.Module:
-    """The preset ``model`` for the data's bands, initialised from the seed only."""
+    """The preset ``model`` for the data's bands and classes, initialised from the seed only."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed(seed, 0, 0))
-        net = build_model(model, n_classes=N_CLASSES, input_dim=len(data.bands))
-    patch_h, patch_w = data.patch_size
-    if patch_h % net.downscale or patch_w % net.downscale:
-        raise StoreError(f"patches of {data.store} are {patch_h} x {patch_w} px; model {model!r} "
-                         f"needs multiples of {net.downscale}")
+        net = build_model(model, n_classes=data.n_classes, input_dim=len(data.bands))
+    for what, (patch_h, patch_w) in [("patches of " + data.source, data.patch_size),
+                                     *(("validation patches", s) for s in data.val_patch_sizes)]:
+        if patch_h % net.downscale or patch_w % net.downscale:
+            raise StoreError(f"{what} are {patch_h} x {patch_w} px; model {model!r} needs multiples of "
+                             f"{net.downscale}")
     return net
 
 
@@ -416,22 +350,18 @@ def resume_state(out: Path, settings_json: str, net: torch.nn.Module, optimizer:
 
 def model_meta(data: TrainingData, preset: str) -> dict[str, Any]:
     """``model.json`` content other than the architecture and the training summary."""
-    build = data.attrs.get("build_parameters", {})
     return {
         "bands": data.bands,
-        "normalization": {"mean": data.train.mean.tolist(), "std": data.train.std.tolist()},
+        "normalization": {"mean": data.mean.tolist(), "std": data.std.tolist()},
         "class_names": data.class_names,
-        "ignore_index": NOT_CLASSIFIED,
-        "reference_date": data.train.reference_date.isoformat(),
+        "ignore_index": data.ignore_index,
+        "reference_date": data.reference_date.isoformat(),
+        "date_encoding": data.date_encoding,
         "patch_size": data.patch_size[0],
         "preset": preset,
         "software": f"crop2seg-pipeline {__version__}",
         # how the store's pixels were selected, so prediction applies the same rules
-        "preprocessing": {
-            "min_date_clear": build.get("min_date_clear", 0.0),
-            "unclear_scl": build.get("unclear_scl"),
-            "resampling_20m": build.get("resampling_20m", "nearest"),
-        },
+        "preprocessing": data.preprocessing,
     }
 
 
@@ -445,9 +375,9 @@ def training_summary(data: TrainingData, run: Mapping[str, Any], state: RunState
         "best_epoch": state.best_epoch,
         "val_miou": best.get("val_miou"),
         "val_overall_accuracy": best.get("val_overall_accuracy"),
-        "store": data.store,
-        "store_fingerprint": data.attrs.get("fingerprint"),
-        "date_range": data.date_range(),
+        "store": data.source,
+        "store_fingerprint": data.fingerprint,
+        "date_range": data.date_range,
         "n_train_patches": data.n_train,
         "n_val_patches": data.n_val,
         "seed": run["seed"],
@@ -455,9 +385,64 @@ def training_summary(data: TrainingData, run: Mapping[str, Any], state: RunState
         "batch_size": run["batch_size"],
         "temporal_dropout": run["temporal_dropout"],
         "augment": run["augment"],
+        "temporal_augment": run["temporal_augment"],
+        "date_encoding": data.date_encoding,
+        "validation": {**data.validation, "n_patches": data.n_val},
+        "lr_schedule": run["lr_schedule"],
         "finetune": None if run["finetune"] is None else str(run["finetune"]),
         "class_weights": [round(float(w), 6) for w in data.weight.cpu()],
+        **({"source_kind": data.kind, **data.extra} if data.kind != "store" else {}),
     }
+
+
+def run_settings(source: str | os.PathLike, preset: str, net: torch.nn.Module, data: TrainingData,
+                 run: Mapping[str, Any]) -> str:
+    """The settings a resumed run must share with the run in ``last.pt`` (sorted JSON).
+
+    Options added after the first release only appear when they differ from what runs did
+    before them (constant lr, no temporal augmentation, days, the store's val split), so a run
+    started with those still resumes.
+    """
+    settings = {
+        "store": str(Path(source).resolve()),
+        "store_fingerprint": data.fingerprint,  # a store rebuilt with other inputs differs
+        "model": preset,
+        "config": net.config,
+        **{k: run[k] for k in ("batch_size", "lr", "seed", "temporal_dropout", "augment")},
+        "finetune": None if run["finetune"] is None else str(Path(run["finetune"]).resolve()),
+    }
+    if run["lr_schedule"] != "constant":
+        settings["lr_schedule"] = run["lr_schedule"]
+    if run["temporal_augment"] is not None:
+        settings["temporal_augment"] = run["temporal_augment"]
+    if data.date_encoding != "days":
+        settings["date_encoding"] = data.date_encoding
+    if data.validation.get("kind") == "held-out":
+        settings["validation"] = {"tiles": data.validation.get("tiles", []),
+                                  "stores": [str(Path(p).resolve()) for p in data.validation.get("stores", [])]}
+    if data.kind != "store":
+        settings["source"] = {"kind": data.kind, **data.extra}
+    return json.dumps(settings, sort_keys=True)
+
+
+def train_one_epoch(net: torch.nn.Module, optimizer: torch.optim.Optimizer, data: TrainingData,
+                    weight: torch.Tensor, dev: torch.device, epoch: int, epochs: int, run: Mapping[str, Any],
+                    num_workers: int) -> tuple[EpochStats, dict[str, Any]]:
+    """One pass over the training data with this epoch's lr, sample order and augmentation draws."""
+    data.transform.epoch = epoch
+    for group in optimizer.param_groups:
+        group["lr"] = epoch_lr(run["lr"], epoch, epochs, run["lr_schedule"])
+    loader = make_loader(data.train, run["batch_size"], True, num_workers, seed=run["seed"], epoch=epoch,
+                         pin_memory=dev.type == "cuda")
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        torch.manual_seed(_seed(run["seed"], epoch, 2))
+        stats = run_epoch(net, loader, weight, optimizer, dev, ignore_index=data.ignore_index)
+    row: dict[str, Any] = {
+        "epoch": epoch, "loss": stats.loss, "seconds": round(stats.seconds, 3),
+        "patches_per_s": round(stats.patches_per_s, 3), "data_wait_share": round(stats.wait_share, 4),
+        "val_loss": None, "val_overall_accuracy": None, "val_miou": None,
+    }
+    return stats, row
 
 
 def validate(net: torch.nn.Module, data: TrainingData, weight: torch.Tensor, dev: torch.device,
@@ -467,8 +452,8 @@ def validate(net: torch.nn.Module, data: TrainingData, weight: torch.Tensor, dev
         return {}, float(epoch)  # no validation: the latest epoch is the best
     loader = make_loader(data.val, batch_size, False, num_workers, seed=seed, epoch=epoch,
                          pin_memory=dev.type == "cuda")
-    res = confusion_over(net, loader, dev, N_CLASSES, NOT_CLASSIFIED, "all", loss_weight=weight)
-    m = metrics_from_confusion(res["confusion"], data.class_names, NOT_CLASSIFIED)
+    res = confusion_over(net, loader, dev, data.n_classes, data.ignore_index, "all", loss_weight=weight)
+    m = metrics_from_confusion(res["confusion"], data.class_names, data.ignore_index)
     row = {"val_loss": res["loss"], "val_overall_accuracy": m["overall_accuracy"], "val_miou": m["miou"],
            "val_seconds": round(res["seconds"], 3)}
     return row, (m["miou"] if m["miou"] is not None else -math.inf)
@@ -526,11 +511,20 @@ def train(
     augment: bool = True,
     progress: Callable[[str], Any] | None = None,
     lr_schedule: str = "constant",
+    *,
+    temporal_augment: TemporalAugment | None = DEFAULT_TEMPORAL,
+    date_encoding: str = "days",
+    val_datasets: Sequence[str | os.PathLike] = (),
+    val_tiles: Sequence[str] | None = None,
+    class_map: str | None = None,
+    train_folds: Sequence[int] | None = None,
+    val_folds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume training) a U-TAE on the ``train`` split of a patch store.
+    """Train (or resume training) a U-TAE on the ``train`` split of a patch store or a PASTIS folder.
 
     Args:
-        dataset_store: a complete Zarr patch store (``crop2seg-build-dataset``).
+        dataset_store: a complete Zarr patch store (``crop2seg-build-dataset``), or a PASTIS
+            folder (:mod:`crop2seg_pipeline.pastis`, detected by its layout).
         out_dir: run folder (created); receives ``weights.pt``/``model.json`` (best epoch) and
             ``last.pt`` (resume state).
         model: preset, ``"utae-small"`` (~90 k parameters, CPU friendly) or ``"utae"`` (the
@@ -551,28 +545,43 @@ def train(
         temporal_dropout: probability of dropping each date of a training sample.
         augment: random flips / 90-degree rotations of training patches.
         progress: callable receiving one message per epoch (default: ``logging``).
+        temporal_augment: random date subsets, day shifts/jitter and cloudy-date drops
+            (:class:`~crop2seg_pipeline.augment.TemporalAugment`; on by default; None or
+            :data:`~crop2seg_pipeline.augment.NO_TEMPORAL` turns it off).
+        date_encoding: ``"days"`` since the reference date, or ``"doy"`` (day of the year).
+        val_datasets: patch stores held out entirely for validation (other scenes/tiles/years).
+        val_tiles: tiles of the training store held out for validation (never trained on).
+            With either, the best epoch is picked on these held-out scenes instead of the
+            store's ``val`` split.
+        class_map, train_folds, val_folds: for a PASTIS folder: ``"pastis"`` (its 20 classes),
+            ``"crop2seg"`` (the approximate built-in mapping to the 15 classes) or a CSV path;
+            the folds trained on (default 1, 2, 3) and validated on (default 4).
 
     Returns:
         a summary dict: ``weights_dir``, ``epochs`` (completed), ``epochs_run`` (this call),
         ``resumed_from``, ``best_epoch``, ``best_val_miou``, ``best_val_overall_accuracy``,
         ``history`` (one dict per epoch: loss, val_loss, val_overall_accuracy, val_miou,
         seconds, patches_per_s, data_wait_share), ``device``, ``n_train``, ``n_val``,
-        ``parameters``, ``seconds``.
+        ``validation``, ``parameters``, ``seconds``.
 
     Raises:
-        StoreError: not a complete store, no ``train`` patch, patch size unfit for the model.
+        StoreError: not a complete store / PASTIS folder, no ``train`` patch, patch size unfit
+            for the model, validation data that does not fit the training data.
         CheckpointError: unusable ``--finetune`` checkpoint or ``last.pt``.
         Crop2SegError: invalid settings, or ``out_dir`` holds a run with other settings.
     """
     say = progress or log.info
     t_call = time.perf_counter()
-    out = _check_settings(epochs, batch_size, lr, lr_schedule, num_workers, out_dir)
+    out = _check_settings(epochs, batch_size, lr, lr_schedule, num_workers, out_dir, date_encoding)
     dev = resolve_device(device)
     if num_workers is None:
         num_workers = default_workers(dev)
 
-    data = open_training_data(dataset_store, TrainTransform(seed=seed, augment=augment,
-                                                            temporal_dropout=temporal_dropout), say)
+    transform = TrainTransform(seed=seed, augment=augment, temporal_dropout=temporal_dropout,
+                               temporal=temporal_augment)
+    data = open_training_data(dataset_store, transform, date_encoding=date_encoding, val_datasets=val_datasets,
+                              val_tiles=val_tiles, class_map=class_map, train_folds=train_folds,
+                              val_folds=val_folds, say=say)
 
     tune_malloc_for_torch()  # batch tensors from the heap, not fresh mmaps (values unchanged)
     net = build_network(model, data, seed)
@@ -583,42 +592,22 @@ def train(
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     n_params = sum(p.numel() for p in net.parameters())
 
-    run = {"seed": int(seed), "lr": float(lr), "batch_size": int(batch_size),
-           "temporal_dropout": float(temporal_dropout), "augment": bool(augment), "finetune": finetune}
-    settings = {
-        "store": str(Path(dataset_store).resolve()),
-        "store_fingerprint": data.attrs.get("fingerprint"),  # a store rebuilt with other inputs differs
-        "model": model,
-        "config": net.config,
-        **{k: v for k, v in run.items() if k != "finetune"},
-        "finetune": None if finetune is None else str(Path(finetune).resolve()),
-    }
-    if lr_schedule != "constant":  # absent for constant: runs made before the option still resume
-        settings["lr_schedule"] = lr_schedule
-    settings_json = json.dumps(settings, sort_keys=True)
-
+    run = {"seed": int(seed), "lr": float(lr), "batch_size": int(batch_size), "lr_schedule": lr_schedule,
+           "temporal_dropout": float(temporal_dropout), "augment": bool(augment), "finetune": finetune,
+           "temporal_augment": transform.temporal.to_json() if transform.temporal else None}
+    settings_json = run_settings(dataset_store, model, net, data, run)
     state = resume_state(out, settings_json, net, optimizer, epochs, say)
     out.mkdir(parents=True, exist_ok=True)
     meta_base = model_meta(data, model)
 
-    say(f"training {model} ({n_params:,} parameters) on {data.n_train} train / {data.n_val} val patches, "
-        f"device {dev}, batch {batch_size}, {num_workers} data workers")
+    say(f"training {model} ({n_params:,} parameters) on {data.n_train} train / {data.n_val} val patches"
+        f"{' (held-out scenes)' if data.validation.get('kind') == 'held-out' else ''}, device {dev}, "
+        f"batch {batch_size}, {num_workers} data workers, temporal augmentation "
+        f"{'on' if transform.temporal else 'off'}, dates as {data.date_encoding}")
     epochs_run = 0
     with intra_op_threads(dev, num_workers):
         for epoch in range(state.start_epoch + 1, epochs + 1):
-            data.transform.epoch = epoch
-            for group in optimizer.param_groups:
-                group["lr"] = epoch_lr(lr, epoch, epochs, lr_schedule)
-            loader = make_loader(data.train, batch_size, True, num_workers, seed=seed, epoch=epoch,
-                                 pin_memory=dev.type == "cuda")
-            with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
-                torch.manual_seed(_seed(seed, epoch, 2))
-                stats = run_epoch(net, loader, weight, optimizer, dev)
-            row: dict[str, Any] = {
-                "epoch": epoch, "loss": stats.loss, "seconds": round(stats.seconds, 3),
-                "patches_per_s": round(stats.patches_per_s, 3), "data_wait_share": round(stats.wait_share, 4),
-                "val_loss": None, "val_overall_accuracy": None, "val_miou": None,
-            }
+            stats, row = train_one_epoch(net, optimizer, data, weight, dev, epoch, epochs, run, num_workers)
             val_row, score = validate(net, data, weight, dev, batch_size, num_workers, seed, epoch)
             row.update(val_row)
             state.history.append(row)
@@ -646,6 +635,7 @@ def train(
         "device": str(dev),
         "n_train": data.n_train,
         "n_val": data.n_val,
+        "validation": data.validation,
         "parameters": n_params,
         "seconds": round(time.perf_counter() - t_call, 3),
     }

@@ -32,10 +32,11 @@ def _reflectance(cls: int, doy: np.ndarray) -> np.ndarray:
 
 
 def make_store(path: Path, n: int = 12, size: int = 32, t_max: int = 8, seed: int = 0,
-               splits: tuple[str, ...] | None = None) -> Path:
+               splits: tuple[str, ...] | None = None, tiles: tuple[str, ...] | None = None) -> Path:
     """A complete patch store with learnable labels: 4 rectangular parcels per patch whose
     classes differ by their time series, an unclassified (14) strip in some patches, 5..8
-    dates per patch (NaT-padded), splits 8 train / 2 val / 2 test by default."""
+    dates per patch (NaT-padded), splits 8 train / 2 val / 2 test by default, all patches on
+    tile 33UWQ unless ``tiles`` (one per patch) says otherwise."""
     rng = np.random.default_rng(seed)
     splits = splits or tuple(["train"] * 8 + ["val"] * 2 + ["test"] * 2)[:n]
     classes = np.array(list(PHENOLOGY))
@@ -63,14 +64,14 @@ def make_store(path: Path, n: int = 12, size: int = 32, t_max: int = 8, seed: in
         if p % 3 == 0:
             label[p, -3:, :] = 14  # an unclassified parcel strip
     patches = pd.DataFrame({
-        "tile": ["33UWQ"] * n, "row": np.arange(n) // 4, "col": np.arange(n) % 4,
+        "tile": list(tiles) if tiles is not None else ["33UWQ"] * n, "row": np.arange(n) // 4, "col": np.arange(n) % 4,
         "split": list(splits), "epsg": [32633] * n,
         "x0": 500000.0 + 320 * (np.arange(n) % 4), "y0": 5500000.0 - 320 * (np.arange(n) // 4),
     })
     create_skeleton(path, patches, dates, clear, BANDS, size,
                     {"class_names": list(CLASS_NAMES), "bands": list(BANDS), "patch_size": size})
     write_patches(path, list(range(n)), s2, label, pid)
-    train_idx = [i for i, s in enumerate(splits) if s == "train"]
+    train_idx = [i for i, s in enumerate(splits) if s == "train"] or list(range(n))  # stats of all if no train
     valid = np.stack([(np.arange(t_max) < (~np.isnat(dates[i])).sum()) for i in train_idx])
     vals = s2[train_idx].transpose(0, 1, 3, 4, 2)[valid].reshape(-1, len(BANDS)).astype(np.float64)
     counts = {s: np.bincount(label[[i for i, x in enumerate(splits) if x == s]].ravel(),

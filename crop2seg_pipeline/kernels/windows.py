@@ -2,8 +2,9 @@
 
 The pieces of whole-tile inference, each testable on its own:
 
-* :func:`preprocess` and :func:`date_positions`: *the* model input transform, shared by training
-  (the torch ``Dataset``) and inference so that a model is always fed the way it was trained;
+* :func:`preprocess` and :func:`date_positions` (from :mod:`.dates`): *the* model input transform,
+  shared by training (the torch ``Dataset``) and inference so that a model is always fed the way
+  it was trained;
 * :func:`plan_axis` / :func:`windows_touching` / :func:`halo`: where the ``size`` x ``size``
   windows sit. Windows are planned once on the *global* grid of the scene (origins ``0, stride,
   2 * stride, ...``, the last one shifted back to end exactly on the edge, never dropped), so the
@@ -23,10 +24,11 @@ Pixel convention: array index ``[..., i, j]``; a window with origin ``(r, c)`` c
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from .dates import date_positions
 
 __all__ = [
     "preprocess",
@@ -87,16 +89,6 @@ def preprocess(
     np.subtract(s2, mean[:, None, None], out=out, dtype=np.float32)
     np.divide(out, std[:, None, None], out=out)
     return out
-
-
-def date_positions(dates: Sequence | np.ndarray, reference_date: str | dt.date | np.datetime64) -> np.ndarray:
-    """Whole days from ``reference_date`` to each date, as float32 (the U-TAE ``batch_positions``).
-
-    Times of day are dropped (``datetime64[D]``) before the difference.
-    """
-    d = np.asarray(dates).astype("datetime64[D]")
-    ref = np.datetime64(str(reference_date)[:10], "D")
-    return (d - ref).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- window planning

@@ -8,6 +8,7 @@ from .cli.build import build_dataset_cmd
 from .cli.cluster import cluster_cmd
 from .cli.demo import demo_scene_cmd
 from .cli.evaluate import evaluate_cmd
+from .cli.export_pastis import export_pastis_cmd
 from .cli.predict import predict_cmd
 from .cli.train import train_cmd
 
@@ -23,6 +24,7 @@ main.add_command(train_cmd, "train")
 main.add_command(evaluate_cmd, "evaluate")
 main.add_command(predict_cmd, "predict")
 main.add_command(cluster_cmd, "cluster")
+main.add_command(export_pastis_cmd, "export-pastis")
 
 if __name__ == "__main__":
     main()

@@ -17,8 +17,8 @@ The folder is readable by the reference ``PASTIS_Dataset`` (VSainteuf/pastis-ben
     store's per-date clear-sky share) which the reference ignores.
 ``NORM_S2_patch.json``
     ``Fold_1`` .. ``Fold_5``: each the store's train normalization (pooled per-band mean and
-    std), so the reference loader standardizes exactly as ``crop2seg-train`` does, whatever
-    folds it is given.
+    std; a std of 0 written as 1, as the pipeline's preprocessing treats it), so the reference
+    loader standardizes exactly as ``crop2seg-train`` does, whatever folds it is given.
 ``crop2seg_export.json``
     the manifest: source store and fingerprint, fold mapping, classes, reference date, status.
 
@@ -185,7 +185,8 @@ def export_pastis(store: str | os.PathLike, out: str | os.PathLike, *,
         "patches_per_fold": {str(f): int((folds == f).sum()) for f in FOLDS},
         "class_names": list(attrs.get("class_names") or CLASS_NAMES), "ignore_index": NOT_CLASSIFIED,
         "reference_date": reference_date, "bands": bands,
-        "normalization": {"mean": list(norm["mean"]), "std": list(norm["std"])},
+        "normalization": {"mean": [float(v) for v in norm["mean"]],
+                          "std": [float(v) if v > 0 else 1.0 for v in norm["std"]]},
         "preprocessing": {k: v for k, v in {
             "min_date_clear": (attrs.get("build_parameters") or {}).get("min_date_clear", 0.0),
             "unclear_scl": (attrs.get("build_parameters") or {}).get("unclear_scl"),
@@ -244,7 +245,9 @@ def export_pastis(store: str | os.PathLike, out: str | os.PathLike, *,
         },
     } for i in range(n)]
     geo = {"type": "FeatureCollection", "name": "metadata", **({"crs": crs} if crs else {}), "features": features}
-    stats = {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]}
+    # a std of 0 (a store without train pixels, a constant band) is 1, as the pipeline's preprocessing
+    # does: the reference loader would divide by it
+    stats = {"mean": [float(v) for v in norm["mean"]], "std": [float(v) if v > 0 else 1.0 for v in norm["std"]]}
     _write_json(out / NORM_FILE, {f"Fold_{f}": stats for f in FOLDS})
     _write_json(out / METADATA_FILE, geo)
     manifest.update(status="complete", written=n, seconds=round(time.perf_counter() - t0, 3))

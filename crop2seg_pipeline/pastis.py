@@ -32,6 +32,7 @@ import csv
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ __all__ = [
     "read_class_map", "PASTIS_CLASSES", "PASTIS_VOID", "PASTIS_TO_CROP2SEG", "PASTIS_REFERENCE_DATE",
     "SPLIT_FOLDS", "METADATA_FILE", "NORM_FILE", "MANIFEST_FILE", "DATA_DIR", "TARGET_DIR",
 ]
+
+log = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.geojson"
 NORM_FILE = "NORM_S2_patch.json"
@@ -472,7 +475,7 @@ class PastisDataset:
 def open_pastis_training(folder: str | os.PathLike, transform: Callable[[dict], dict], *,
                          date_encoding: str = DEFAULT_DATE_ENCODING, class_map: str | None = None,
                          train_folds: Sequence[int] | None = None, val_folds: Sequence[int] | None = None,
-                         say: Callable[[str], Any] = print):
+                         say: Callable[[str], Any] = log.info):
     """A :class:`~crop2seg_pipeline.train_data.TrainingData` of a PASTIS folder's folds.
 
     Training folds default to 1, 2, 3 and validation folds to 4 (the export's mapping of the

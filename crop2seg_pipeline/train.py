@@ -50,13 +50,13 @@ from .dataset import collate_patches
 from .device import resolve_device
 from .errors import Crop2SegError, StoreError
 from .evaluate import confusion_over
+from .kernels.dates import DATE_ENCODINGS
 from .kernels.metrics import metrics_from_confusion
 from .loss import weighted_cross_entropy
 from .malloc import tune_malloc_for_torch
 from .models import CheckpointError, build_model, load_model, load_reference_state_dict, save_weights
 from .models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, _head_prefixes
 from .nomenclature import NOT_CLASSIFIED
-from .kernels.dates import DATE_ENCODINGS
 from .train_data import TrainingData, open_training_data
 
 __all__ = [

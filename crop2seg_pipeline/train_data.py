@@ -17,6 +17,7 @@ reference date and date encoding), without augmentation.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from .nomenclature import CLASS_NAMES, N_CLASSES, NOT_CLASSIFIED
 from .store import open_store
 
 __all__ = ["TrainingData", "open_training_data"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -103,7 +106,7 @@ def open_training_data(
     class_map: str | None = None,
     train_folds: Sequence[int] | None = None,
     val_folds: Sequence[int] | None = None,
-    say: Callable[[str], Any] = print,
+    say: Callable[[str], Any] = log.info,
 ) -> TrainingData:
     """Open the training source and the validation patches (nothing is read but metadata).
 

@@ -15,7 +15,6 @@ from crop2seg_pipeline.nomenclature import BANDS, CLASS_NAMES
 from crop2seg_pipeline.store import create_skeleton, finalize, write_patches
 from crop2seg_pipeline.train import train
 
-
 #: classes used by the synthetic store and the day of year their vegetation peaks (None: bare)
 PHENOLOGY = {0: None, 1: 160, 4: 140, 5: 110, 6: 225}
 

@@ -14,10 +14,10 @@ from crop2seg_pipeline.augment import NO_TEMPORAL, TemporalAugment, TrainTransfo
 from crop2seg_pipeline.cli.evaluate import evaluate_cmd
 from crop2seg_pipeline.cli.train import train_cmd
 from crop2seg_pipeline.errors import Crop2SegError, StoreError
-from crop2seg_pipeline.models import CheckpointError, build_model, load_model
-from crop2seg_pipeline.nomenclature import BANDS, CLASS_NAMES
 from crop2seg_pipeline.evaluate import evaluate
 from crop2seg_pipeline.loss import class_weights
+from crop2seg_pipeline.models import CheckpointError, build_model, load_model
+from crop2seg_pipeline.nomenclature import BANDS, CLASS_NAMES
 from crop2seg_pipeline.train import LAST_FILE, train
 from crop2seg_pipeline.train_data import open_training_data
 

@@ -1,16 +1,24 @@
-"""Train a U-TAE on a Zarr patch store: resumable, deterministic for a seed on CPU.
+"""Train a U-TAE on a Zarr patch store or a PASTIS folder: resumable, deterministic for a seed on CPU.
 
 >>> from crop2seg_pipeline.train import train
 >>> summary = train("patches.zarr", "runs/utae-small", model="utae-small", epochs=10)  # doctest: +SKIP
 >>> summary["best_val_miou"], summary["weights_dir"]                                   # doctest: +SKIP
 
+:func:`train` reads top to bottom: check the settings, open the data
+(:mod:`crop2seg_pipeline.train_data`: training patches, validation patches of the store's ``val``
+split or of held-out scenes, class weights), build the network and the optimizer, resume from
+``last.pt``, run the epochs (train, validate, keep the best, save the state), summarize.
+Training samples are augmented by :mod:`crop2seg_pipeline.augment` (flips/rotations and, by
+default, temporal augmentation); the loss is :mod:`crop2seg_pipeline.loss`.
+
 What a run writes into ``out_dir``:
 
 ``weights.pt`` + ``model.json``
-    the best epoch so far (highest validation mIoU; the last epoch when the store has no
-    ``val`` split), as a weights folder (:func:`crop2seg_pipeline.models.save_weights`):
-    bands, normalization (the store's train statistics), class names, reference date, patch
-    size and a ``training`` summary. ``crop2seg_pipeline.models.load_model(out_dir)`` loads it.
+    the best epoch so far (highest validation mIoU; the last epoch when there is no
+    validation data), as a weights folder (:func:`crop2seg_pipeline.models.save_weights`):
+    bands, normalization (the store's train statistics), class names, reference date, date
+    encoding, patch size and a ``training`` summary (augmentation, validation, data).
+    ``crop2seg_pipeline.models.load_model(out_dir)`` loads it.
 ``last.pt``
     the state after the last finished epoch, a plain dict (``model`` and ``optimizer`` state
     dicts, ``epoch``, ``best_score``, ``best_epoch``, ``history``, ``settings``) readable with

@@ -31,7 +31,8 @@ def _reflectance(cls: int, doy: np.ndarray) -> np.ndarray:
 
 
 def make_store(path: Path, n: int = 12, size: int = 32, t_max: int = 8, seed: int = 0,
-               splits: tuple[str, ...] | None = None, tiles: tuple[str, ...] | None = None) -> Path:
+               splits: tuple[str, ...] | None = None, tiles: tuple[str, ...] | None = None,
+               epsgs: tuple[int, ...] | None = None) -> Path:
     """A complete patch store with learnable labels: 4 rectangular parcels per patch whose
     classes differ by their time series, an unclassified (14) strip in some patches, 5..8
     dates per patch (NaT-padded), splits 8 train / 2 val / 2 test by default, all patches on
@@ -64,7 +65,7 @@ def make_store(path: Path, n: int = 12, size: int = 32, t_max: int = 8, seed: in
             label[p, -3:, :] = 14  # an unclassified parcel strip
     patches = pd.DataFrame({
         "tile": list(tiles) if tiles is not None else ["33UWQ"] * n, "row": np.arange(n) // 4, "col": np.arange(n) % 4,
-        "split": list(splits), "epsg": [32633] * n,
+        "split": list(splits), "epsg": list(epsgs) if epsgs is not None else [32633] * n,
         "x0": 500000.0 + 320 * (np.arange(n) % 4), "y0": 5500000.0 - 320 * (np.arange(n) // 4),
     })
     create_skeleton(path, patches, dates, clear, BANDS, size,

@@ -210,6 +210,23 @@ def test_export_refuses_targets_it_did_not_write(demo_store, exported, tmp_path)
     assert res.exit_code == 0 and "16 patches in the PASTIS layout" in res.output, res.output
 
 
+def test_patches_of_several_crs_get_wgs84_footprints(tmp_path):
+    from pyproj import Transformer
+
+    store = make_store(tmp_path / "zones.zarr", n=4, tiles=("33UWQ", "33UWQ", "34UCV", "34UCV"),
+                       epsgs=(32633, 32633, 32634, 32634), splits=("train", "val", "test", "train"))
+    export_pastis(store, tmp_path / "out", progress=lambda m: None)
+    meta = gpd.read_file(tmp_path / "out" / "metadata.geojson")
+    assert meta.crs.to_epsg() == 4326
+    ds = open_store(store)
+    for _, row in meta.iterrows():
+        i = int(row["ID_PATCH"])
+        tr = Transformer.from_crs(int(ds["epsg"].values[i]), 4326, always_xy=True)
+        corner = tr.transform(float(ds["x0"].values[i]), float(ds["y0"].values[i]))
+        assert row.geometry.exterior.coords[0] == pytest.approx(corner)
+    assert sorted(meta["Fold"])[-2:] == [4, 5]
+
+
 # ----------------------------------------------------------------------------- a PASTIS folder of PASTIS
 
 

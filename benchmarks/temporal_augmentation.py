@@ -39,7 +39,7 @@ SCENES = {  # name: (seed, dates, split shares)
 RUNS = {  # name: (temporal augmentation, date encoding)
     "no temporal augmentation": (NO_TEMPORAL, "days"),
     "temporal augmentation (defaults)": (TemporalAugment(), "days"),
-    "temporal augmentation, day of year": (TemporalAugment(), "doy"),
+    "temporal augmentation + day of year": (TemporalAugment(), "doy"),
 }
 
 
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated run names to do")
+    ap.add_argument("--runs", default=";".join(RUNS), help="semicolon-separated run names to do")
     ap.add_argument("--work", default=None, help="scratch folder (kept; stores are reused)")
     ap.add_argument("--json", default="temporal-augmentation.json")
     args = ap.parse_args(argv)
@@ -71,10 +71,10 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     stores = {name: build_store(work, name, args.size, args.patch_size) for name in SCENES}
     results = []
-    for name in [r for r in args.runs.split(",") if r]:
+    for name in [r for r in args.runs.split(";") if r]:
         temporal, encoding = RUNS[name]
         t0 = time.perf_counter()
-        out = work / "runs" / name.replace(" ", "-").replace(",", "")
+        out = work / "runs" / f"e{args.epochs}-lr{args.lr:g}-{name.replace(' ', '-')}"
         s = train(stores["train"], out, model="utae-small", epochs=args.epochs, batch_size=args.batch_size,
                   lr=args.lr, lr_schedule="cosine", device="cpu", seed=args.seed, num_workers=0,
                   temporal_augment=temporal, date_encoding=encoding, val_datasets=[stores["held-out"]],

@@ -250,6 +250,7 @@ def test_cli_temporal_validation_and_encoding_options(two_tiles, tmp_path):
                                            "doy", "--date-keep", "0.5,0.9", "--min-dates", "3", "--date-shift", "10",
                                            "--date-jitter", "1", "--cloudy-below", "0.6", "--cloudy-drop", "0.3"])
     assert res.exit_code == 0, res.output
+    assert "on held-out tiles 33UVR" in res.output
     training = json.loads((tmp_path / "a" / "model.json").read_text())["training"]
     assert training["temporal_augment"] == {"keep": [0.5, 0.9], "min_dates": 3, "shift_days": 10, "jitter_days": 1,
                                             "cloudy_below": 0.6, "cloudy_drop": 0.3}

@@ -142,6 +142,15 @@ def _parse_folds(text: str | None, name: str) -> list[int] | None:
     return folds
 
 
+def _validation_note(v: dict) -> str:
+    if v.get("kind") == "held-out":
+        parts = ([f"tiles {', '.join(v['tiles'])}"] if v.get("tiles") else []) + list(v.get("stores") or [])
+        return f" on held-out {'; '.join(parts)}"
+    if v.get("kind") == "folds":
+        return f" on fold(s) {', '.join(str(f) for f in v['folds'])}"
+    return ""
+
+
 def format_train_summary(summary: dict) -> str:
     lines = [
         f"{'epoch':>5} {'loss':>8} {'val loss':>8} {'val OA %':>8} {'mIoU %':>7} {'s':>7} "
@@ -159,6 +168,7 @@ def format_train_summary(summary: dict) -> str:
         f"model {summary['model']} ({summary['parameters']:,} parameters) on {summary['device']}: "
         f"{summary['epochs']} epochs ({summary['epochs_run']} run now"
         + (f", resumed after epoch {summary['resumed_from']}" if summary["resumed_from"] else "")
-        + f"), best epoch {summary['best_epoch']} (* above), val mIoU {pct(summary['best_val_miou'])} %")
+        + f"), best epoch {summary['best_epoch']} (* above), val mIoU {pct(summary['best_val_miou'])} %"
+        + _validation_note(summary.get("validation") or {}))
     lines.append(f"weights: {summary['weights_dir']}  (weights.pt + model.json; last.pt to resume)")
     return "\n".join(lines)

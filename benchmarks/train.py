@@ -28,12 +28,14 @@ import pandas as pd
 import torch
 
 from crop2seg_pipeline.dataset import PatchDataset
-from crop2seg_pipeline.evaluate import resolve_device, weighted_cross_entropy
+from crop2seg_pipeline.device import resolve_device
+from crop2seg_pipeline.loss import class_weights, weighted_cross_entropy
 from crop2seg_pipeline.malloc import tune_malloc_for_torch
 from crop2seg_pipeline.models import build_model
 from crop2seg_pipeline.nomenclature import BANDS, CLASS_NAMES, N_CLASSES
 from crop2seg_pipeline.store import create_skeleton, finalize, read_attrs, write_patches
-from crop2seg_pipeline.train import TrainTransform, class_weights, intra_op_threads, make_loader
+from crop2seg_pipeline.augment import TemporalAugment, TrainTransform
+from crop2seg_pipeline.train import intra_op_threads, make_loader
 
 
 def synthetic_store(path: Path, n: int, size: int, t: int, seed: int = 0) -> Path:
@@ -65,7 +67,8 @@ def synthetic_store(path: Path, n: int, size: int, t: int, seed: int = 0) -> Pat
 def bench(store: str, model_name: str, batch_size: int, workers: int, steps: int, warmup: int,
           device: torch.device, seed: int = 0) -> dict:
     torch.manual_seed(seed)
-    ds = PatchDataset(store, split="train", transform=TrainTransform(seed=seed, augment=True))
+    # the augmentation crop2seg-train applies by default (spatial + temporal)
+    ds = PatchDataset(store, split="train", transform=TrainTransform(seed=seed, augment=True, temporal=TemporalAugment()))
     net = build_model(model_name, n_classes=N_CLASSES, input_dim=len(ds.bands)).to(device).train()
     counts = (read_attrs(store).get("class_pixel_counts") or {}).get("train") or [1] * N_CLASSES
     weight = class_weights(counts).to(device)

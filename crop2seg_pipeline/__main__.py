@@ -10,10 +10,11 @@ from .cli.cluster import cluster_cmd
 from .cli.demo import demo_scene_cmd
 from .cli.download import download_cmd
 from .cli.evaluate import evaluate_cmd
+from .cli.export_pastis import export_pastis_cmd
 from .cli.predict import predict_cmd
+from .cli.report import report_cmd
 from .cli.safe import index_safe_cmd
 from .cli.search import search_cmd
-from .cli.report import report_cmd
 from .cli.train import train_cmd
 
 
@@ -33,6 +34,7 @@ main.add_command(download_cmd, "download")
 main.add_command(index_safe_cmd, "index-safe")
 main.add_command(app_cmd, "app")
 main.add_command(report_cmd, "report")
+main.add_command(export_pastis_cmd, "export-pastis")
 
 if __name__ == "__main__":
     main()

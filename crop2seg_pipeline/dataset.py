@@ -17,7 +17,8 @@ import torch
 import zarr
 
 from .errors import StoreError
-from .kernels.windows import date_positions, preprocess
+from .kernels.dates import DEFAULT_DATE_ENCODING, check_date_encoding, date_positions
+from .kernels.windows import preprocess
 from .store import open_store
 
 
@@ -43,12 +44,21 @@ class PatchDataset(torch.utils.data.Dataset):
         Per-band statistics to use instead of the store's (e.g. those of a checkpoint).
     reference_date
         Dates are given as days since this date (default: September 1st before the first date).
+    date_encoding
+        ``"days"`` (days since ``reference_date``) or ``"doy"`` (day of the year): how
+        ``positions`` are computed (:func:`crop2seg_pipeline.kernels.dates.date_positions`).
+    tiles, exclude_tiles
+        Keep only the patches of these tiles / drop the patches of these tiles (on top of
+        ``split``), e.g. to hold whole tiles out of training for validation.
     transform
-        Optional callable applied to each sample dict (augmentation).
+        Optional callable applied to each sample dict (augmentation) *before* ``positions`` are
+        computed: it may change the per-date entries ``s2``, ``dates`` and ``clear``
+        (:mod:`crop2seg_pipeline.augment`).
 
-    Each item is a dict: ``s2`` (T, band, y, x) float32, ``positions`` (T,) float32 days since
-    the reference date, ``label`` (y, x) int64, ``parcel_id`` (y, x) int64, ``clear`` (T,)
-    float32 and ``index`` (int). T is the patch's own number of dates (padding dropped).
+    Each item is a dict: ``s2`` (T, band, y, x) float32, ``dates`` (T,) int64 days since
+    1970-01-01, ``positions`` (T,) float32 (from ``dates``, the reference date and the date
+    encoding), ``label`` (y, x) int64, ``parcel_id`` (y, x) int64, ``clear`` (T,) float32 and
+    ``index`` (int). T is the patch's own number of dates (padding dropped).
     """
 
     def __init__(
@@ -60,19 +70,16 @@ class PatchDataset(torch.utils.data.Dataset):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         reference_date: str | dt.date | None = None,
+        date_encoding: str = DEFAULT_DATE_ENCODING,
+        tiles: Sequence[str] | None = None,
+        exclude_tiles: Sequence[str] | None = None,
         transform: Callable[[dict], dict] | None = None,
     ) -> None:
         ds = open_store(store)
         self.path = str(store)
-        splits = np.array(ds["split"].values.tolist(), dtype=str)
-        if split is None:
-            keep = np.ones(len(splits), bool)
-        else:
-            wanted = [split] if isinstance(split, str) else list(split)
-            keep = np.isin(splits, wanted)
-            if not keep.any():
-                raise StoreError(f"{store} has no patch in split {split!r} (splits: {sorted(set(splits))})")
-        self.indices = np.flatnonzero(keep)
+        self.tiles = np.array(ds["tile"].values.tolist(), dtype=str)
+        self.indices = np.flatnonzero(select_patches(store, np.array(ds["split"].values.tolist(), dtype=str),
+                                                     self.tiles, split, tiles, exclude_tiles))
         self.dates = ds["dates"].values  # (patch, time) datetime64, small
         self.clear = ds["clear"].values.astype(np.float32)
         norm = ds.attrs.get("normalization", {}).get("train", {})
@@ -86,6 +93,10 @@ class PatchDataset(torch.utils.data.Dataset):
         self.reference_date = (
             dt.date.fromisoformat(str(reference_date)) if reference_date else default_reference_date(first)
         )
+        try:
+            self.date_encoding = check_date_encoding(date_encoding)
+        except ValueError as e:
+            raise StoreError(str(e)) from None
         self.bands = [str(b) for b in ds["band"].values.tolist()]
         self.class_names = list(ds.attrs.get("class_names", []))
         self.transform = transform
@@ -101,26 +112,59 @@ class PatchDataset(torch.utils.data.Dataset):
         return self._arrays
 
     def positions(self, index: int) -> np.ndarray:
+        """Positions of store patch ``index``'s dates (padding dropped), without augmentation."""
         d = self.dates[index]
-        return date_positions(d[~np.isnat(d)], self.reference_date)
+        return date_positions(d[~np.isnat(d)], self.reference_date, self.date_encoding)
 
     def __getitem__(self, i: int) -> dict:
         idx = int(self.indices[i])
         arr = self._open()
-        pos = self.positions(idx)
-        t = len(pos)
+        d = self.dates[idx]
+        t = int((~np.isnat(d)).sum())  # padding is at the end
         raw = np.asarray(arr["s2"][idx, :t])
         # the one preprocessing code path, shared with crop2seg-predict
         x = preprocess(raw, self.mean, self.std) if self.normalize else raw.astype(np.float32)
         sample = {
             "s2": torch.from_numpy(x),
-            "positions": torch.from_numpy(pos),
+            "dates": torch.from_numpy(d[:t].astype("datetime64[D]").astype(np.int64)),
             "label": torch.from_numpy(np.asarray(arr["label"][idx], dtype=np.int64)),
             "parcel_id": torch.from_numpy(np.asarray(arr["parcel_id"][idx], dtype=np.int64)),
             "clear": torch.from_numpy(self.clear[idx, :t].copy()),
             "index": idx,
         }
-        return self.transform(sample) if self.transform else sample
+        return with_positions(self.transform(sample) if self.transform else sample, self.reference_date,
+                              self.date_encoding)
+
+
+def with_positions(sample: dict, reference_date: dt.date | str, date_encoding: str) -> dict:
+    """``sample`` with ``positions`` computed from its (possibly augmented) ``dates``."""
+    days = np.asarray(sample["dates"], dtype=np.int64).astype("datetime64[D]")
+    sample["positions"] = torch.from_numpy(date_positions(days, reference_date, date_encoding))
+    return sample
+
+
+def select_patches(store: Any, splits: np.ndarray, tiles: np.ndarray, split: str | Sequence[str] | None,
+                   only_tiles: Sequence[str] | None = None, exclude_tiles: Sequence[str] | None = None) -> np.ndarray:
+    """Boolean mask of the patches in ``split`` (None: all), restricted to / excluding tiles."""
+    keep = np.ones(len(splits), bool)
+    if split is not None:
+        wanted = [split] if isinstance(split, str) else list(split)
+        keep &= np.isin(splits, wanted)
+        if not keep.any():
+            raise StoreError(f"{store} has no patch in split {split!r} (splits: {sorted(set(splits.tolist()))})")
+    for name, given in (("tiles", only_tiles), ("exclude_tiles", exclude_tiles)):
+        if given is None:
+            continue
+        unknown = sorted(set(given) - set(tiles.tolist()))
+        if unknown:
+            raise StoreError(f"{store} has no tile {', '.join(unknown)} (its tiles: {', '.join(sorted(set(tiles.tolist())))})")
+        inside = np.isin(tiles, list(given))
+        keep &= inside if name == "tiles" else ~inside
+    if not keep.any():
+        raise StoreError(f"{store} has no patch in split {split!r} of tiles "
+                         f"{'all' if only_tiles is None else ','.join(only_tiles)}"
+                         + (f" outside {','.join(exclude_tiles)}" if exclude_tiles else ""))
+    return keep
 
 
 def collate_patches(samples: Sequence[dict], pad_value: float = 0.0) -> dict:

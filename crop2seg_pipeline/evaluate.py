@@ -1,9 +1,10 @@
 """Evaluate a weights folder on a split of a Zarr patch store: metrics.json + confusion matrix PNG.
 
 Preprocessing has a single code path: the :class:`~crop2seg_pipeline.dataset.PatchDataset` is
-built with the *checkpoint's* normalization (``model.json["normalization"]``) and reference date
-(``model.json["reference_date"]``), never the store's, so a model is always fed the way it was
-trained, whatever store it is evaluated on.
+built with the *checkpoint's* normalization (``model.json["normalization"]``), reference date
+(``model.json["reference_date"]``) and date encoding (``model.json["date_encoding"]``, ``days``
+when absent), never the store's, so a model is always fed the way it was trained, whatever store
+it is evaluated on.
 
 Predictions are the argmax over every class except ``Not classified`` (14): that id means "label
 unknown" and is never a valid answer (it has weight 0 in the training loss).
@@ -27,39 +28,25 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .dataset import PatchDataset, collate_patches
+from .device import resolve_device
 from .errors import Crop2SegError, StoreError
+from .kernels.dates import DATE_ENCODINGS, DEFAULT_DATE_ENCODING
 from .kernels.metrics import REGIONS, confusion_matrix, metrics_from_confusion, region_mask
+from .loss import weighted_cross_entropy
 from .malloc import tune_malloc_for_torch
 from .models import CheckpointError, load_model
 from .nomenclature import CLASS_NAMES, N_CLASSES, NOT_CLASSIFIED
 from .store import open_store
 
-__all__ = ["evaluate", "resolve_device", "confusion_over", "predict_classes", "plot_confusion_matrix",
+__all__ = ["evaluate", "confusion_over", "predict_classes", "plot_confusion_matrix",
            "METRICS_FILE", "PLOT_FILE"]
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "confusion_matrix.png"
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> ``cuda`` when available, else ``cpu``; ``"cuda"`` without CUDA is an error."""
-    if isinstance(device, torch.device):
-        return device
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise Crop2SegError(f"device {device!r} asked but CUDA is not available to this PyTorch "
-                            f"({torch.__version__}); use --device cpu or --device auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise Crop2SegError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
 
 
 def predict_classes(logits: torch.Tensor, ignore_index: int | None = NOT_CLASSIFIED) -> torch.Tensor:
@@ -113,19 +100,6 @@ def confusion_over(
         "ignored_pixels": ignored,
         "seconds": time.perf_counter() - t0,
     }
-
-
-def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-                           ignore_index: int = NOT_CLASSIFIED) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of class-weighted pixel losses and sum of their weights.
-
-    ``sum / weights`` equals ``nn.CrossEntropyLoss(weight, ignore_index)`` (mean reduction);
-    returning both lets callers skip batches with no weighted pixel (0/0) and average exactly
-    over an epoch.
-    """
-    s = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index, reduction="sum")
-    valid = target != ignore_index
-    return s, weight[target[valid]].sum()
 
 
 # ----------------------------------------------------------------------------- plot
@@ -276,7 +250,12 @@ def evaluate(
     if patch % model.downscale or int(ds.sizes["x"]) % model.downscale:
         raise StoreError(f"patches of {dataset_store} are {ds.sizes['y']} x {ds.sizes['x']} px; this "
                          f"model needs multiples of {model.downscale}")
-    data = PatchDataset(dataset_store, split=split, mean=mean, std=std, reference_date=str(ref))
+    encoding = meta.get("date_encoding", DEFAULT_DATE_ENCODING)
+    if encoding not in DATE_ENCODINGS:
+        raise CheckpointError(f"{Path(weights_dir) / 'model.json'}: date_encoding {encoding!r} is not one of "
+                              f"{', '.join(DATE_ENCODINGS)}; use a weights folder written by crop2seg-train")
+    data = PatchDataset(dataset_store, split=split, mean=mean, std=std, reference_date=str(ref),
+                        date_encoding=encoding)
     class_names = list(meta.get("class_names") or CLASS_NAMES)
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False,
                                          num_workers=num_workers, collate_fn=collate_patches,

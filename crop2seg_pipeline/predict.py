@@ -45,17 +45,26 @@ import numpy as np
 import xarray as xr
 
 from .blocks import CubeSource, cube_source
+from .checks import check_bbox, check_dates, check_target_crs
 from .errors import Crop2SegError, EmptySelectionError, MissingBandError
 from .graph.build import chunk_windows, shared
 from .graph.clearsky import clear_tasks
 from .graph.model_cache import model_loads
 from .graph.run import run_tasks
-from .graph.windows import BLEND_FLOOR, WindowPlan, bounds, finish_chunk, min_chunks, plan_windows, window_graph
+from .graph.windows import (
+    BLEND_FLOOR,
+    WindowPlan,
+    bounds,
+    finish_chunk,
+    min_chunks,
+    plan_windows,
+    window_graph,
+)
 from .grid import grid_of_items
-from .items import normalize_items, require_single_crs, select_items
-from .kernels.windows import classes_of, confidence_of, date_positions
-from .checks import check_bbox, check_dates, check_target_crs
 from .interrupts import pause_point
+from .items import normalize_items, require_single_crs, select_items
+from .kernels.dates import date_positions
+from .kernels.windows import classes_of, confidence_of
 from .locks import writer_lock
 from .manifest import OutputFolder
 from .models.spec import ModelSpec, read_model_spec
@@ -65,17 +74,17 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BLEND_FLOOR",
-    "ModelSpec",
-    "PredictSummary",
     "DateRangeWarning",
-    "read_model_spec",
-    "predict_cube",
-    "predict",
-    "plan_prediction",
+    "ModelSpec",
     "PredictPlan",
-    "output_names",
-    "model_loads",
+    "PredictSummary",
     "default_demo_weights",
+    "model_loads",
+    "output_names",
+    "plan_prediction",
+    "predict",
+    "predict_cube",
+    "read_model_spec",
 ]
 
 
@@ -146,7 +155,7 @@ def _check_settings(spec: ModelSpec, overlap: int, batch_size: int) -> None:
 
 def _check_dates(times: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """The model's date positions of ``times``; warns when they leave the training date range."""
-    positions = date_positions(times, spec.reference_date)
+    positions = date_positions(times, spec.reference_date, spec.date_encoding)
     rng = spec.position_range()
     if rng is not None:
         outside = (positions < rng[0]) | (positions > rng[1])
@@ -534,7 +543,13 @@ def predict(
 
 def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start: float) -> PredictSummary:
     from .graph.labels import rasterize_labels
-    from .outputs import TiledRaster, create_probability_store, finalize_probability_store, parcel_table, write_quicklook
+    from .outputs import (
+        TiledRaster,
+        create_probability_store,
+        finalize_probability_store,
+        parcel_table,
+        write_quicklook,
+    )
 
     spec, grid, src, gdf, folder = plan.spec, plan.grid, plan.src, plan.parcels, plan.folder
     out = folder.folder
@@ -610,9 +625,9 @@ def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start
                                           ph, spec.ignore_index)
             compared = table["agreement"].dropna()
             parcel_summary = {
-                "n_parcels": int(len(table)),
+                "n_parcels": len(table),
                 "n_with_pixels": int((table["n_pixels"] > 0).sum()),
-                "n_compared": int(len(compared)),
+                "n_compared": len(compared),
                 "agreement_share": float(compared.astype(bool).mean()) if len(compared) else None,
                 "homogenized_agreement_share": _share(table["homogenized_agreement"]),
                 "soft_agreement_share": _share(table["soft_agreement"]),

@@ -1,16 +1,24 @@
-"""Train a U-TAE on a Zarr patch store: resumable, deterministic for a seed on CPU.
+"""Train a U-TAE on a Zarr patch store or a PASTIS folder: resumable, deterministic for a seed on CPU.
 
 >>> from crop2seg_pipeline.train import train
 >>> summary = train("patches.zarr", "runs/utae-small", model="utae-small", epochs=10)  # doctest: +SKIP
 >>> summary["best_val_miou"], summary["weights_dir"]                                   # doctest: +SKIP
 
+:func:`train` reads top to bottom: check the settings, open the data
+(:mod:`crop2seg_pipeline.train_data`: training patches, validation patches of the store's ``val``
+split or of held-out scenes, class weights), build the network and the optimizer, resume from
+``last.pt``, run the epochs (train, validate, keep the best, save the state), summarize.
+Training samples are augmented by :mod:`crop2seg_pipeline.augment` (flips/rotations and, by
+default, temporal augmentation); the loss is :mod:`crop2seg_pipeline.loss`.
+
 What a run writes into ``out_dir``:
 
 ``weights.pt`` + ``model.json``
-    the best epoch so far (highest validation mIoU; the last epoch when the store has no
-    ``val`` split), as a weights folder (:func:`crop2seg_pipeline.models.save_weights`):
-    bands, normalization (the store's train statistics), class names, reference date, patch
-    size and a ``training`` summary. ``crop2seg_pipeline.models.load_model(out_dir)`` loads it.
+    the best epoch so far (highest validation mIoU; the last epoch when there is no
+    validation data), as a weights folder (:func:`crop2seg_pipeline.models.save_weights`):
+    bands, normalization (the store's train statistics), class names, reference date, date
+    encoding, patch size and a ``training`` summary (augmentation, validation, data).
+    ``crop2seg_pipeline.models.load_model(out_dir)`` loads it.
 ``last.pt``
     the state after the last finished epoch, a plain dict (``model`` and ``optimizer`` state
     dicts, ``epoch``, ``best_score``, ``best_epoch``, ``history``, ``settings``) readable with
@@ -37,7 +45,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,26 +53,37 @@ import numpy as np
 import torch
 
 from . import __version__
-from .dataset import PatchDataset, collate_patches
+from .augment import TemporalAugment, TrainTransform
+from .dataset import collate_patches
+from .device import resolve_device
 from .errors import Crop2SegError, StoreError
-from .evaluate import confusion_over, resolve_device, weighted_cross_entropy
+from .evaluate import confusion_over
+from .kernels.dates import DATE_ENCODINGS
 from .kernels.metrics import metrics_from_confusion
+from .loss import weighted_cross_entropy
 from .malloc import tune_malloc_for_torch
-from .models import CheckpointError, build_model, load_model, load_reference_state_dict, save_weights
+from .models import (
+    CheckpointError,
+    build_model,
+    load_model,
+    load_reference_state_dict,
+    save_weights,
+)
 from .models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, _head_prefixes
-from .nomenclature import CLASS_NAMES, N_CLASSES, NOT_CLASSIFIED
-from .store import open_store
+from .nomenclature import NOT_CLASSIFIED
+from .train_data import TrainingData, open_training_data
 
 __all__ = [
-    "train",
-    "TrainTransform",
+    "LAST_FILE",
     "EpochStats",
-    "class_weights",
-    "make_loader",
+    "RunState",
+    "TrainingData",
     "default_workers",
     "intra_op_threads",
+    "make_loader",
+    "open_training_data",
     "run_epoch",
-    "LAST_FILE",
+    "train",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,6 +92,8 @@ LAST_FILE = "last.pt"
 LAST_FORMAT = 1
 DEFAULT_EPOCHS = 25
 DEFAULT_BATCH_SIZE = 4
+#: Temporal augmentation of ``crop2seg-train`` unless told otherwise.
+DEFAULT_TEMPORAL = TemporalAugment()
 
 
 # ----------------------------------------------------------------------------- randomness
@@ -81,53 +102,6 @@ DEFAULT_BATCH_SIZE = 4
 def _seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from integers (``SeedSequence`` hashing)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-class TrainTransform:
-    """Training-time augmentation of one :class:`PatchDataset` sample.
-
-    * a random element of the dihedral group (rot90 k times, then an optional horizontal flip),
-      the same for ``s2``, ``label`` and ``parcel_id`` (square patches only for rotations);
-    * temporal dropout: each date is dropped with probability ``temporal_dropout`` (at least one
-      date is always kept).
-
-    The random draw depends only on ``(seed, epoch, patch index)``: set :attr:`epoch` before each
-    epoch. The object is picklable, so it works in DataLoader worker processes.
-    """
-
-    def __init__(self, seed: int = 0, augment: bool = True, temporal_dropout: float = 0.0):
-        if not 0.0 <= temporal_dropout < 1.0:
-            raise Crop2SegError(f"temporal dropout must be in [0, 1), got {temporal_dropout}")
-        self.seed = int(seed)
-        self.augment = bool(augment)
-        self.temporal_dropout = float(temporal_dropout)
-        self.epoch = 0
-
-    def __call__(self, sample: dict) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, int(sample["index"])])
-        if self.augment:
-            k, flip = int(rng.integers(4)), bool(rng.integers(2))
-            h, w = sample["label"].shape[-2:]
-            if h != w:
-                k = 2 * (k % 2)  # rot 180 keeps the shape
-            for key in ("s2", "label", "parcel_id"):
-                v = sample[key]
-                if k:
-                    v = torch.rot90(v, k, dims=(-2, -1))
-                if flip:
-                    v = torch.flip(v, dims=(-1,))
-                sample[key] = v.contiguous()
-        if self.temporal_dropout > 0:
-            t = sample["s2"].shape[0]
-            keep = rng.random(t) >= self.temporal_dropout
-            if not keep.any():
-                keep[rng.integers(t)] = True
-            if not keep.all():
-                idx = torch.from_numpy(np.flatnonzero(keep))
-                for key in ("s2", "positions", "clear"):
-                    if key in sample:
-                        sample[key] = sample[key].index_select(0, idx)
-        return sample
 
 
 def default_workers(device: torch.device) -> int:
@@ -175,23 +149,7 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: boo
         collate_fn=collate_patches, generator=gen, pin_memory=pin_memory, drop_last=False, **kwargs)
 
 
-# ----------------------------------------------------------------------------- loss
-
-
-def class_weights(counts: Sequence[int], ignore_index: int | None = NOT_CLASSIFIED) -> torch.Tensor:
-    """Inverse square root class frequencies, normalized to a mean of 1 per labelled pixel.
-
-    ``w_c = 1 / sqrt(n_c)`` for classes with pixels, 0 for absent classes and ``ignore_index``;
-    then scaled so that ``sum(w_c n_c) / sum(n_c) = 1`` (the loss keeps the scale of an
-    unweighted cross-entropy).
-    """
-    n = np.asarray(counts, dtype=np.float64)
-    if ignore_index is not None and 0 <= ignore_index < len(n):
-        n[ignore_index] = 0
-    w = np.where(n > 0, 1.0 / np.sqrt(np.maximum(n, 1)), 0.0)
-    if n.sum() > 0:
-        w /= (w * n).sum() / n.sum()
-    return torch.tensor(w, dtype=torch.float32)
+# ----------------------------------------------------------------------------- one epoch
 
 
 @dataclass
@@ -312,16 +270,6 @@ def _finetune_into(model: torch.nn.Module, source: str | os.PathLike, say: Calla
                                         "entries)" if head else ""))
 
 
-def _count_train_pixels(store: str, indices: np.ndarray) -> list[int]:
-    import zarr
-
-    arr = zarr.open_group(str(store), mode="r", zarr_format=3)["label"]
-    counts = np.zeros(N_CLASSES, np.int64)
-    for i in indices:
-        counts += np.bincount(np.asarray(arr[int(i)]).ravel(), minlength=N_CLASSES)[:N_CLASSES]
-    return counts.tolist()
-
-
 # ----------------------------------------------------------------------------- train
 
 
@@ -335,6 +283,232 @@ def epoch_lr(lr: float, epoch: int, epochs: int, schedule: str) -> float:
         floor = lr / 100
         return floor + 0.5 * (lr - floor) * (1 + math.cos(math.pi * (epoch - 1) / (epochs - 1)))
     return lr
+
+
+# ----------------------------------------------------------------------------- the run's pieces
+
+
+@dataclass
+class RunState:
+    """Progress of a run, saved in ``last.pt`` after every epoch."""
+
+    start_epoch: int = 0  # epochs finished before this call
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def best(self) -> dict[str, Any]:
+        return self.history[self.best_epoch - 1] if self.best_epoch else {}
+
+
+def _check_settings(epochs: int, batch_size: int, lr: float, lr_schedule: str, num_workers: int | None,
+                    out_dir: str | os.PathLike, date_encoding: str) -> Path:
+    if epochs < 1:
+        raise Crop2SegError(f"epochs must be >= 1, got {epochs}")
+    if batch_size < 1:
+        raise Crop2SegError(f"batch size must be >= 1, got {batch_size}")
+    if not lr > 0:
+        raise Crop2SegError(f"learning rate must be > 0, got {lr}")
+    if lr_schedule not in ("constant", "cosine"):
+        raise Crop2SegError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+    if num_workers is not None and num_workers < 0:
+        raise Crop2SegError(f"workers must be >= 0, got {num_workers}")
+    if date_encoding not in DATE_ENCODINGS:
+        raise Crop2SegError(f"date encoding must be one of {', '.join(DATE_ENCODINGS)}, got {date_encoding!r}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise Crop2SegError(f"--out {out} exists and is not a folder")
+    return out
+
+
+def build_network(model: str, data: TrainingData, seed: int) -> torch.nn.Module:
+    """The preset ``model`` for the data's bands and classes, initialised from the seed only."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(seed, 0, 0))
+        net = build_model(model, n_classes=data.n_classes, input_dim=len(data.bands))
+    for what, (patch_h, patch_w) in [("patches of " + data.source, data.patch_size),
+                                     *(("validation patches", s) for s in data.val_patch_sizes)]:
+        if patch_h % net.downscale or patch_w % net.downscale:
+            raise StoreError(f"{what} are {patch_h} x {patch_w} px; model {model!r} needs multiples of "
+                             f"{net.downscale}")
+    return net
+
+
+def resume_state(out: Path, settings_json: str, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 epochs: int, say: Callable[[str], Any]) -> RunState:
+    """Load ``out/last.pt`` into ``net``/``optimizer`` (a fresh state when there is none).
+
+    Raises:
+        Crop2SegError: ``last.pt`` was written with other settings.
+    """
+    last_path = out / LAST_FILE
+    if not last_path.exists():
+        return RunState()
+    last = _load_last(last_path)
+    diff = _settings_diff(json.loads(last.get("settings", "{}")), json.loads(settings_json))
+    if diff:
+        raise Crop2SegError(
+            f"{out} holds a training run with other settings ({'; '.join(diff)}); re-run with "
+            "the same settings to resume, or choose another --out")
+    net.load_state_dict(last["model"])
+    optimizer.load_state_dict(last["optimizer"])
+    state = RunState(start_epoch=int(last["epoch"]), best_score=float(last["best_score"]),
+                     best_epoch=int(last["best_epoch"]), history=list(last.get("history", [])))
+    if state.start_epoch >= epochs:
+        say(f"{out}: {state.start_epoch} epochs already done (asked {epochs}); nothing to train")
+    else:
+        say(f"resuming {out} after epoch {state.start_epoch}")
+    return state
+
+
+def model_meta(data: TrainingData, preset: str) -> dict[str, Any]:
+    """``model.json`` content other than the architecture and the training summary."""
+    return {
+        "bands": data.bands,
+        "normalization": {"mean": data.mean.tolist(), "std": data.std.tolist()},
+        "class_names": data.class_names,
+        "ignore_index": data.ignore_index,
+        "reference_date": data.reference_date.isoformat(),
+        "date_encoding": data.date_encoding,
+        "patch_size": data.patch_size[0],
+        "preset": preset,
+        "software": f"crop2seg-pipeline {__version__}",
+        # how the store's pixels were selected, so prediction applies the same rules
+        "preprocessing": data.preprocessing,
+    }
+
+
+def training_summary(data: TrainingData, run: Mapping[str, Any], state: RunState, done: int,
+                     epochs: int) -> dict[str, Any]:
+    """``model.json["training"]`` after ``done`` epochs."""
+    best = state.best
+    return {
+        "epochs": done,
+        "epochs_planned": int(epochs),
+        "best_epoch": state.best_epoch,
+        "val_miou": best.get("val_miou"),
+        "val_overall_accuracy": best.get("val_overall_accuracy"),
+        "store": data.source,
+        "store_fingerprint": data.fingerprint,
+        "date_range": data.date_range,
+        "n_train_patches": data.n_train,
+        "n_val_patches": data.n_val,
+        "seed": run["seed"],
+        "lr": run["lr"],
+        "batch_size": run["batch_size"],
+        "temporal_dropout": run["temporal_dropout"],
+        "augment": run["augment"],
+        "temporal_augment": run["temporal_augment"],
+        "date_encoding": data.date_encoding,
+        "validation": {**data.validation, "n_patches": data.n_val},
+        "lr_schedule": run["lr_schedule"],
+        "finetune": None if run["finetune"] is None else str(run["finetune"]),
+        "class_weights": [round(float(w), 6) for w in data.weight.cpu()],
+        **({"source_kind": data.kind, **data.extra} if data.kind != "store" else {}),
+    }
+
+
+def run_settings(source: str | os.PathLike, preset: str, net: torch.nn.Module, data: TrainingData,
+                 run: Mapping[str, Any]) -> str:
+    """The settings a resumed run must share with the run in ``last.pt`` (sorted JSON).
+
+    Options added after the first release only appear when they differ from what runs did
+    before them (constant lr, no temporal augmentation, days, the store's val split), so a run
+    started with those still resumes.
+    """
+    settings = {
+        "store": str(Path(source).resolve()),
+        "store_fingerprint": data.fingerprint,  # a store rebuilt with other inputs differs
+        "model": preset,
+        "config": net.config,
+        **{k: run[k] for k in ("batch_size", "lr", "seed", "temporal_dropout", "augment")},
+        "finetune": None if run["finetune"] is None else str(Path(run["finetune"]).resolve()),
+    }
+    if run["lr_schedule"] != "constant":
+        settings["lr_schedule"] = run["lr_schedule"]
+    if run["temporal_augment"] is not None:
+        settings["temporal_augment"] = run["temporal_augment"]
+    if data.date_encoding != "days":
+        settings["date_encoding"] = data.date_encoding
+    if data.validation.get("kind") == "held-out":
+        settings["validation"] = {"tiles": data.validation.get("tiles", []),
+                                  "stores": [str(Path(p).resolve()) for p in data.validation.get("stores", [])]}
+    if data.kind != "store":
+        settings["source"] = {"kind": data.kind, **data.extra}
+    return json.dumps(settings, sort_keys=True)
+
+
+def train_one_epoch(net: torch.nn.Module, optimizer: torch.optim.Optimizer, data: TrainingData,
+                    weight: torch.Tensor, dev: torch.device, epoch: int, epochs: int, run: Mapping[str, Any],
+                    num_workers: int) -> tuple[EpochStats, dict[str, Any]]:
+    """One pass over the training data with this epoch's lr, sample order and augmentation draws."""
+    data.transform.epoch = epoch
+    for group in optimizer.param_groups:
+        group["lr"] = epoch_lr(run["lr"], epoch, epochs, run["lr_schedule"])
+    loader = make_loader(data.train, run["batch_size"], True, num_workers, seed=run["seed"], epoch=epoch,
+                         pin_memory=dev.type == "cuda")
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        torch.manual_seed(_seed(run["seed"], epoch, 2))
+        stats = run_epoch(net, loader, weight, optimizer, dev, ignore_index=data.ignore_index)
+    row: dict[str, Any] = {
+        "epoch": epoch, "loss": stats.loss, "seconds": round(stats.seconds, 3),
+        "patches_per_s": round(stats.patches_per_s, 3), "data_wait_share": round(stats.wait_share, 4),
+        "val_loss": None, "val_overall_accuracy": None, "val_miou": None,
+    }
+    return stats, row
+
+
+def validate(net: torch.nn.Module, data: TrainingData, weight: torch.Tensor, dev: torch.device,
+             batch_size: int, num_workers: int, seed: int, epoch: int) -> tuple[dict[str, Any], float]:
+    """Validation loss, OA and mIoU of ``net`` (``row`` entries) and the score picking the best epoch."""
+    if data.val is None:
+        return {}, float(epoch)  # no validation: the latest epoch is the best
+    loader = make_loader(data.val, batch_size, False, num_workers, seed=seed, epoch=epoch,
+                         pin_memory=dev.type == "cuda")
+    res = confusion_over(net, loader, dev, data.n_classes, data.ignore_index, "all", loss_weight=weight)
+    m = metrics_from_confusion(res["confusion"], data.class_names, data.ignore_index)
+    row = {"val_loss": res["loss"], "val_overall_accuracy": m["overall_accuracy"], "val_miou": m["miou"],
+           "val_seconds": round(res["seconds"], 3)}
+    return row, (m["miou"] if m["miou"] is not None else -math.inf)
+
+
+def _epoch_message(epoch: int, epochs: int, stats: EpochStats, row: Mapping[str, Any], improved: bool) -> str:
+    return (f"epoch {epoch}/{epochs}  loss {stats.loss if stats.loss is not None else float('nan'):.4f}"
+            + (f"  val loss {row['val_loss']:.4f}" if row["val_loss"] is not None else "")
+            + f"  val OA {_fmt_pct(row['val_overall_accuracy'])}%  mIoU {_fmt_pct(row['val_miou'])}%"
+            + f"  {stats.seconds:.1f} s  {stats.patches_per_s:.1f} patches/s"
+            + f"  data wait {100 * stats.wait_share:.0f}%" + ("  *best*" if improved else ""))
+
+
+def _save_last(path: Path, net: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, state: RunState,
+               settings_json: str) -> None:
+    _atomic_torch_save({
+        "format": LAST_FORMAT,
+        "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "best_score": float(state.best_score),
+        "best_epoch": state.best_epoch,
+        "history": state.history,
+        "settings": settings_json,
+    }, path)
+
+
+def _refresh_summary(out: Path, data: TrainingData, run: Mapping[str, Any], state: RunState, done: int,
+                     epochs: int) -> None:
+    """Rewrite ``model.json``'s training summary with the final epoch count (weights unchanged)."""
+    if not state.best_epoch:
+        return
+    best_net = load_model(out)
+    meta = best_net.meta
+    if meta.get("training", {}).get("epochs") != done:
+        save_weights(best_net, out, {**{k: v for k, v in meta.items()
+                                        if k not in ("architecture", "config", "format_version")},
+                                     "training": training_summary(data, run, state, done, epochs)})
+
+
+# ----------------------------------------------------------------------------- train
 
 
 def train(
@@ -352,11 +526,20 @@ def train(
     augment: bool = True,
     progress: Callable[[str], Any] | None = None,
     lr_schedule: str = "constant",
+    *,
+    temporal_augment: TemporalAugment | None = DEFAULT_TEMPORAL,
+    date_encoding: str = "days",
+    val_datasets: Sequence[str | os.PathLike] = (),
+    val_tiles: Sequence[str] | None = None,
+    class_map: str | None = None,
+    train_folds: Sequence[int] | None = None,
+    val_folds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume training) a U-TAE on the ``train`` split of a patch store.
+    """Train (or resume training) a U-TAE on the ``train`` split of a patch store or a PASTIS folder.
 
     Args:
-        dataset_store: a complete Zarr patch store (``crop2seg-build-dataset``).
+        dataset_store: a complete Zarr patch store (``crop2seg-build-dataset``), or a PASTIS
+            folder (:mod:`crop2seg_pipeline.pastis`, detected by its layout).
         out_dir: run folder (created); receives ``weights.pt``/``model.json`` (best epoch) and
             ``last.pt`` (resume state).
         model: preset, ``"utae-small"`` (~90 k parameters, CPU friendly) or ``"utae"`` (the
@@ -377,234 +560,97 @@ def train(
         temporal_dropout: probability of dropping each date of a training sample.
         augment: random flips / 90-degree rotations of training patches.
         progress: callable receiving one message per epoch (default: ``logging``).
+        temporal_augment: random date subsets, day shifts/jitter and cloudy-date drops
+            (:class:`~crop2seg_pipeline.augment.TemporalAugment`; on by default; None or
+            :data:`~crop2seg_pipeline.augment.NO_TEMPORAL` turns it off).
+        date_encoding: ``"days"`` since the reference date, or ``"doy"`` (day of the year).
+        val_datasets: patch stores held out entirely for validation (other scenes/tiles/years).
+        val_tiles: tiles of the training store held out for validation (never trained on).
+            With either, the best epoch is picked on these held-out scenes instead of the
+            store's ``val`` split.
+        class_map, train_folds, val_folds: for a PASTIS folder: ``"pastis"`` (its 20 classes),
+            ``"crop2seg"`` (the approximate built-in mapping to the 15 classes) or a CSV path;
+            the folds trained on (default 1, 2, 3) and validated on (default 4).
 
     Returns:
         a summary dict: ``weights_dir``, ``epochs`` (completed), ``epochs_run`` (this call),
         ``resumed_from``, ``best_epoch``, ``best_val_miou``, ``best_val_overall_accuracy``,
         ``history`` (one dict per epoch: loss, val_loss, val_overall_accuracy, val_miou,
         seconds, patches_per_s, data_wait_share), ``device``, ``n_train``, ``n_val``,
-        ``parameters``, ``seconds``.
+        ``validation``, ``parameters``, ``seconds``.
 
     Raises:
-        StoreError: not a complete store, no ``train`` patch, patch size unfit for the model.
+        StoreError: not a complete store / PASTIS folder, no ``train`` patch, patch size unfit
+            for the model, validation data that does not fit the training data.
         CheckpointError: unusable ``--finetune`` checkpoint or ``last.pt``.
         Crop2SegError: invalid settings, or ``out_dir`` holds a run with other settings.
     """
     say = progress or log.info
     t_call = time.perf_counter()
-    if epochs < 1:
-        raise Crop2SegError(f"epochs must be >= 1, got {epochs}")
-    if batch_size < 1:
-        raise Crop2SegError(f"batch size must be >= 1, got {batch_size}")
-    if not lr > 0:
-        raise Crop2SegError(f"learning rate must be > 0, got {lr}")
-    if lr_schedule not in ("constant", "cosine"):
-        raise Crop2SegError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+    out = _check_settings(epochs, batch_size, lr, lr_schedule, num_workers, out_dir, date_encoding)
     dev = resolve_device(device)
     if num_workers is None:
         num_workers = default_workers(dev)
-    if num_workers < 0:
-        raise Crop2SegError(f"workers must be >= 0, got {num_workers}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise Crop2SegError(f"--out {out} exists and is not a folder")
 
-    # --- data: the store is read lazily, one patch at a time, through PatchDataset
-    store = open_store(dataset_store)
-    attrs = dict(store.attrs)
-    splits = np.array(store["split"].values.tolist(), dtype=str)  # StringDType-safe
-    bands = [str(b) for b in store["band"].values]
-    patch_h, patch_w = int(store.sizes["y"]), int(store.sizes["x"])
-    transform = TrainTransform(seed=seed, augment=augment, temporal_dropout=temporal_dropout)
-    train_ds = PatchDataset(dataset_store, split="train", transform=transform)
-    val_ds = None
-    if (splits == "val").any():
-        val_ds = PatchDataset(dataset_store, split="val", mean=train_ds.mean, std=train_ds.std,
-                              reference_date=train_ds.reference_date)
-    else:
-        say(f"{dataset_store} has no 'val' patch: the last epoch is kept as the model")
-    counts = (attrs.get("class_pixel_counts") or {}).get("train")
-    if counts is None:
-        say("store has no class_pixel_counts attribute: counting train label pixels")
-        counts = _count_train_pixels(str(dataset_store), train_ds.indices)
-    if len(counts) != N_CLASSES:
-        raise StoreError(f"{dataset_store}: class_pixel_counts['train'] has {len(counts)} entries, "
-                         f"expected {N_CLASSES}")
-    weight = class_weights(counts, NOT_CLASSIFIED)
-    if not (weight > 0).any():
-        raise StoreError(f"{dataset_store}: the train split has no labelled pixel (all classes "
-                         "absent or 'Not classified')")
-    class_names = list(attrs.get("class_names") or CLASS_NAMES)
+    transform = TrainTransform(seed=seed, augment=augment, temporal_dropout=temporal_dropout,
+                               temporal=temporal_augment)
+    data = open_training_data(dataset_store, transform, date_encoding=date_encoding, val_datasets=val_datasets,
+                              val_tiles=val_tiles, class_map=class_map, train_folds=train_folds,
+                              val_folds=val_folds, say=say)
 
-    # --- model + optimizer, initialised from the seed only
     tune_malloc_for_torch()  # batch tensors from the heap, not fresh mmaps (values unchanged)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_seed(seed, 0, 0))
-        net = build_model(model, n_classes=N_CLASSES, input_dim=len(bands))
-    if patch_h % net.downscale or patch_w % net.downscale:
-        raise StoreError(f"patches of {dataset_store} are {patch_h} x {patch_w} px; model {model!r} "
-                         f"needs multiples of {net.downscale}")
+    net = build_network(model, data, seed)
     if finetune is not None and not (out / LAST_FILE).exists():
         _finetune_into(net, finetune, say)
     net.to(dev)
-    weight = weight.to(dev)
+    weight = data.weight.to(dev)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     n_params = sum(p.numel() for p in net.parameters())
 
-    settings = {
-        "store": str(Path(dataset_store).resolve()),
-        "store_fingerprint": attrs.get("fingerprint"),  # a store rebuilt with other inputs differs
-        "model": model,
-        "config": net.config,
-        "batch_size": int(batch_size),
-        "lr": float(lr),
-        "seed": int(seed),
-        "temporal_dropout": float(temporal_dropout),
-        "augment": bool(augment),
-        "finetune": None if finetune is None else str(Path(finetune).resolve()),
-    }
-    if lr_schedule != "constant":  # absent for constant: runs made before the option still resume
-        settings["lr_schedule"] = lr_schedule
-    settings_json = json.dumps(settings, sort_keys=True)
-
-    # --- resume
-    start_epoch, best_score, best_epoch, history = 0, -math.inf, 0, []
-    last_path = out / LAST_FILE
-    if last_path.exists():
-        last = _load_last(last_path)
-        old = json.loads(last.get("settings", "{}"))
-        diff = _settings_diff(old, settings)
-        if diff:
-            raise Crop2SegError(
-                f"{out} holds a training run with other settings ({'; '.join(diff)}); re-run with "
-                "the same settings to resume, or choose another --out")
-        net.load_state_dict(last["model"])
-        optimizer.load_state_dict(last["optimizer"])
-        start_epoch, best_score = int(last["epoch"]), float(last["best_score"])
-        best_epoch, history = int(last["best_epoch"]), list(last.get("history", []))
-        if start_epoch >= epochs:
-            say(f"{out}: {start_epoch} epochs already done (asked {epochs}); nothing to train")
-        else:
-            say(f"resuming {out} after epoch {start_epoch}")
+    run = {"seed": int(seed), "lr": float(lr), "batch_size": int(batch_size), "lr_schedule": lr_schedule,
+           "temporal_dropout": float(temporal_dropout), "augment": bool(augment), "finetune": finetune,
+           "temporal_augment": transform.temporal.to_json() if transform.temporal else None}
+    settings_json = run_settings(dataset_store, model, net, data, run)
+    state = resume_state(out, settings_json, net, optimizer, epochs, say)
     out.mkdir(parents=True, exist_ok=True)
+    meta_base = model_meta(data, model)
 
-    meta_base = {
-        "bands": bands,
-        "normalization": {"mean": train_ds.mean.tolist(), "std": train_ds.std.tolist()},
-        "class_names": class_names,
-        "ignore_index": NOT_CLASSIFIED,
-        "reference_date": train_ds.reference_date.isoformat(),
-        "patch_size": patch_h,
-        "preset": model,
-        "software": f"crop2seg-pipeline {__version__}",
-        # how the store's pixels were selected, so prediction applies the same rules
-        "preprocessing": {
-            "min_date_clear": attrs.get("build_parameters", {}).get("min_date_clear", 0.0),
-            "unclear_scl": attrs.get("build_parameters", {}).get("unclear_scl"),
-            "resampling_20m": attrs.get("build_parameters", {}).get("resampling_20m", "nearest"),
-        },
-    }
-    train_dates = train_ds.dates[train_ds.indices]
-    train_dates = train_dates[~np.isnat(train_dates)]
-
-    def training_summary(done: int) -> dict[str, Any]:
-        best = history[best_epoch - 1] if best_epoch else {}
-        return {
-            "epochs": done,
-            "epochs_planned": int(epochs),
-            "best_epoch": best_epoch,
-            "val_miou": best.get("val_miou"),
-            "val_overall_accuracy": best.get("val_overall_accuracy"),
-            "store": str(dataset_store),
-            "store_fingerprint": attrs.get("fingerprint"),
-            "date_range": [str(train_dates.min())[:10], str(train_dates.max())[:10]] if train_dates.size else None,
-            "n_train_patches": len(train_ds),
-            "n_val_patches": len(val_ds) if val_ds is not None else 0,
-            "seed": int(seed),
-            "lr": float(lr),
-            "batch_size": int(batch_size),
-            "temporal_dropout": float(temporal_dropout),
-            "augment": bool(augment),
-            "finetune": None if finetune is None else str(finetune),
-            "class_weights": [round(float(w), 6) for w in weight.cpu()],
-        }
-
-    say(f"training {model} ({n_params:,} parameters) on {len(train_ds)} train / "
-        f"{len(val_ds) if val_ds is not None else 0} val patches, device {dev}, "
-        f"batch {batch_size}, {num_workers} data workers")
-    pin = dev.type == "cuda"
+    say(f"training {model} ({n_params:,} parameters) on {data.n_train} train / {data.n_val} val patches"
+        f"{' (held-out scenes)' if data.validation.get('kind') == 'held-out' else ''}, device {dev}, "
+        f"batch {batch_size}, {num_workers} data workers, temporal augmentation "
+        f"{'on' if transform.temporal else 'off'}, dates as {data.date_encoding}")
     epochs_run = 0
     with intra_op_threads(dev, num_workers):
-        for epoch in range(start_epoch + 1, epochs + 1):
-            transform.epoch = epoch
-            for group in optimizer.param_groups:
-                group["lr"] = epoch_lr(lr, epoch, epochs, lr_schedule)
-            loader = make_loader(train_ds, batch_size, True, num_workers, seed=seed, epoch=epoch, pin_memory=pin)
-            with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
-                torch.manual_seed(_seed(seed, epoch, 2))
-                stats = run_epoch(net, loader, weight, optimizer, dev)
-            row: dict[str, Any] = {
-                "epoch": epoch,
-                "loss": stats.loss,
-                "seconds": round(stats.seconds, 3),
-                "patches_per_s": round(stats.patches_per_s, 3),
-                "data_wait_share": round(stats.wait_share, 4),
-                "val_loss": None, "val_overall_accuracy": None, "val_miou": None,
-            }
-            if val_ds is not None:
-                vl = make_loader(val_ds, batch_size, False, num_workers, seed=seed, epoch=epoch, pin_memory=pin)
-                res = confusion_over(net, vl, dev, N_CLASSES, NOT_CLASSIFIED, "all", loss_weight=weight)
-                m = metrics_from_confusion(res["confusion"], class_names, NOT_CLASSIFIED)
-                row.update(val_loss=res["loss"], val_overall_accuracy=m["overall_accuracy"], val_miou=m["miou"])
-                row["val_seconds"] = round(res["seconds"], 3)
-                score = m["miou"] if m["miou"] is not None else -math.inf
-            else:
-                score = float(epoch)  # no validation: the latest epoch is the best
-            history.append(row)
-            improved = score > best_score or best_epoch == 0
+        for epoch in range(state.start_epoch + 1, epochs + 1):
+            stats, row = train_one_epoch(net, optimizer, data, weight, dev, epoch, epochs, run, num_workers)
+            val_row, score = validate(net, data, weight, dev, batch_size, num_workers, seed, epoch)
+            row.update(val_row)
+            state.history.append(row)
+            improved = score > state.best_score or state.best_epoch == 0
             if improved:
-                best_score, best_epoch = score, epoch
-                save_weights(net, out, {**meta_base, "training": training_summary(epoch)})
-            _atomic_torch_save({
-                "format": LAST_FORMAT,
-                "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "best_score": float(best_score),
-                "best_epoch": best_epoch,
-                "history": history,
-                "settings": settings_json,
-            }, last_path)
+                state.best_score, state.best_epoch = score, epoch
+                save_weights(net, out, {**meta_base, "training": training_summary(data, run, state, epoch, epochs)})
+            _save_last(out / LAST_FILE, net, optimizer, epoch, state, settings_json)
             epochs_run += 1
-            say(f"epoch {epoch}/{epochs}  loss {stats.loss if stats.loss is not None else float('nan'):.4f}"
-                + (f"  val loss {row['val_loss']:.4f}" if row["val_loss"] is not None else "")
-                + f"  val OA {_fmt_pct(row['val_overall_accuracy'])}%  mIoU {_fmt_pct(row['val_miou'])}%"
-                + f"  {stats.seconds:.1f} s  {stats.patches_per_s:.1f} patches/s"
-                + f"  data wait {100 * stats.wait_share:.0f}%" + ("  *best*" if improved else ""))
+            say(_epoch_message(epoch, epochs, stats, row, improved))
 
-    # refresh model.json's training summary with the final epoch count (weights unchanged)
-    done = max(start_epoch, start_epoch + epochs_run)
-    if best_epoch:
-        best_net = load_model(out)
-        meta = best_net.meta
-        if meta.get("training", {}).get("epochs") != done:
-            save_weights(best_net, out, {**{k: v for k, v in meta.items()
-                                            if k not in ("architecture", "config", "format_version")},
-                                         "training": training_summary(done)})
-    best = history[best_epoch - 1] if best_epoch else {}
+    done = state.start_epoch + epochs_run
+    _refresh_summary(out, data, run, state, done, epochs)
+    best = state.best
     return {
         "weights_dir": str(out),
         "model": model,
         "epochs": done,
         "epochs_run": epochs_run,
-        "resumed_from": start_epoch,
-        "best_epoch": best_epoch,
+        "resumed_from": state.start_epoch,
+        "best_epoch": state.best_epoch,
         "best_val_miou": best.get("val_miou"),
         "best_val_overall_accuracy": best.get("val_overall_accuracy"),
-        "history": history,
+        "history": state.history,
         "device": str(dev),
-        "n_train": len(train_ds),
-        "n_val": len(val_ds) if val_ds is not None else 0,
+        "n_train": data.n_train,
+        "n_val": data.n_val,
+        "validation": data.validation,
         "parameters": n_params,
         "seconds": round(time.perf_counter() - t_call, 3),
     }

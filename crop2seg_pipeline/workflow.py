@@ -34,7 +34,8 @@ from .errors import Crop2SegError
 #: Keys shared by the commands, at the top level of a workflow.
 TOP_LEVEL = {"name", "description", "cluster", "items", "parcels", "mapping", "id_column", "crop_column",
              "layer", "bbox", "bbox_crs", "start", "end", "workdir", "demo_size",
-             "build", "train", "evaluate", "predict", "demo_scene", "search", "download", "app", "report"}
+             "build", "train", "evaluate", "predict", "demo_scene", "search", "download", "app", "report",
+             "export_pastis"}
 #: Which top-level keys each command takes, and where its own section is.
 COMMANDS: dict[str, dict[str, Any]] = {
     "build-dataset": {"section": "build", "shared": ["cluster", "items", "parcels", "mapping", "id_column",
@@ -46,6 +47,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
     "train": {"section": "train", "shared": []},
     "evaluate": {"section": "evaluate", "shared": []},
     "demo-scene": {"section": "demo_scene", "shared": []},
+    "export-pastis": {"section": "export_pastis", "shared": []},
     "cluster": {"section": None, "shared": [], "rename": {"cluster": "spec"}},
     "search": {"section": "search", "shared": ["bbox", "start", "end"]},
     "download": {"section": "download", "shared": ["cluster", "items", "bbox", "bbox_crs"]},
@@ -105,7 +107,7 @@ def defaults_for(doc: Mapping[str, Any], command: str, params: set[str]) -> dict
     train_out = (doc.get("train") or {}).get("out")
     if "dataset" in out:  # --dataset is the 'store' parameter of train/evaluate
         out["store"] = out.pop("dataset")
-    if command in ("train", "evaluate") and "store" not in out and build_out:
+    if command in ("train", "evaluate", "export-pastis") and "store" not in out and build_out:
         out["store"] = build_out
     if command in ("evaluate", "predict", "app") and "weights" not in out and train_out:
         out["weights"] = train_out

@@ -1,106 +1,25 @@
-"""Tests of training, evaluation and their CLI on small synthetic patch stores."""
+"""Tests of training and its CLI on small synthetic patch stores (``patchstores.py``)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from patchstores import KW, make_store, store, trained  # noqa: F401 (fixtures)
 
+from crop2seg_pipeline.augment import NO_TEMPORAL, TemporalAugment, TrainTransform
 from crop2seg_pipeline.cli.evaluate import evaluate_cmd
 from crop2seg_pipeline.cli.train import train_cmd
 from crop2seg_pipeline.errors import Crop2SegError, StoreError
 from crop2seg_pipeline.evaluate import evaluate
-from crop2seg_pipeline.models import CheckpointError, build_model, load_model, save_weights
+from crop2seg_pipeline.loss import class_weights
+from crop2seg_pipeline.models import CheckpointError, build_model, load_model
 from crop2seg_pipeline.nomenclature import BANDS, CLASS_NAMES
-from crop2seg_pipeline.store import create_skeleton, finalize, open_store, write_patches
-from crop2seg_pipeline.train import LAST_FILE, TrainTransform, class_weights, train
-
-# ----------------------------------------------------------------------------- synthetic store
-
-#: classes used by the synthetic store and the day of year their vegetation peaks (None: bare)
-PHENOLOGY = {0: None, 1: 160, 4: 140, 5: 110, 6: 225}
-
-
-def _reflectance(cls: int, doy: np.ndarray) -> np.ndarray:
-    """(T, 10) DN of a class on days of year ``doy``: NIR bands follow the class's greenness."""
-    peak = PHENOLOGY[cls]
-    green = np.zeros(len(doy)) if peak is None else np.exp(-0.5 * ((doy - peak) / 30.0) ** 2)
-    if cls == 1:
-        green = 0.5 + 0.3 * green  # grassland: green all season
-    nir = np.array([0, 0, 0, 0.4, 0.8, 1, 1, 1, 0.2, 0.0])  # per band response to greenness
-    red = np.array([0.3, 0.2, 0.6, 0.3, 0, 0, 0, 0, 0.3, 0.5])
-    return 900 + 3000 * green[:, None] * nir[None] + 900 * (1 - green[:, None]) * red[None]
-
-
-def make_store(path: Path, n: int = 12, size: int = 32, t_max: int = 8, seed: int = 0,
-               splits: tuple[str, ...] | None = None) -> Path:
-    """A complete patch store with learnable labels: 4 rectangular parcels per patch whose
-    classes differ by their time series, an unclassified (14) strip in some patches, 5..8
-    dates per patch (NaT-padded), splits 8 train / 2 val / 2 test by default."""
-    rng = np.random.default_rng(seed)
-    splits = splits or tuple(["train"] * 8 + ["val"] * 2 + ["test"] * 2)[:n]
-    classes = np.array(list(PHENOLOGY))
-    s2 = np.zeros((n, t_max, len(BANDS), size, size), np.uint16)
-    label = np.zeros((n, size, size), np.uint8)
-    pid = np.zeros((n, size, size), np.int32)
-    dates = np.full((n, t_max), np.datetime64("NaT"), "datetime64[ns]")
-    clear = np.full((n, t_max), np.nan, np.float32)
-    pool = np.arange(np.datetime64("2021-03-01"), np.datetime64("2021-10-31"), np.timedelta64(6, "D"))
-    for p in range(n):
-        t = int(rng.integers(5, t_max + 1))
-        d = np.sort(rng.choice(pool, t, replace=False))
-        dates[p, :t] = d
-        clear[p, :t] = rng.uniform(0.5, 1.0, t)
-        doy = (d - d.astype("datetime64[Y]")).astype(int) + 1
-        r, c = rng.integers(8, size - 8, 2)
-        for k, (ys, xs) in enumerate([(slice(0, r), slice(0, c)), (slice(0, r), slice(c, None)),
-                                      (slice(r, None), slice(0, c)), (slice(r, None), slice(c, None))]):
-            cls = int(classes[(p + k) % len(classes)])
-            label[p, ys, xs] = cls
-            pid[p, ys, xs] = 0 if cls == 0 else 100 * p + k + 1
-            block = _reflectance(cls, doy)[:, :, None, None]
-            noise = rng.normal(0, 60, (t, len(BANDS)) + label[p, ys, xs].shape)
-            s2[p, :t, :, ys, xs] = np.clip(block + noise, 1, 10000).astype(np.uint16)
-        if p % 3 == 0:
-            label[p, -3:, :] = 14  # an unclassified parcel strip
-    patches = pd.DataFrame({
-        "tile": ["33UWQ"] * n, "row": np.arange(n) // 4, "col": np.arange(n) % 4,
-        "split": list(splits), "epsg": [32633] * n,
-        "x0": 500000.0 + 320 * (np.arange(n) % 4), "y0": 5500000.0 - 320 * (np.arange(n) // 4),
-    })
-    create_skeleton(path, patches, dates, clear, BANDS, size,
-                    {"class_names": list(CLASS_NAMES), "bands": list(BANDS), "patch_size": size})
-    write_patches(path, list(range(n)), s2, label, pid)
-    train_idx = [i for i, s in enumerate(splits) if s == "train"]
-    valid = np.stack([(np.arange(t_max) < (~np.isnat(dates[i])).sum()) for i in train_idx])
-    vals = s2[train_idx].transpose(0, 1, 3, 4, 2)[valid].reshape(-1, len(BANDS)).astype(np.float64)
-    counts = {s: np.bincount(label[[i for i, x in enumerate(splits) if x == s]].ravel(),
-                             minlength=15).tolist() for s in ("train", "val", "test")}
-    finalize(path, {"normalization": {"train": {"mean": vals.mean(0).tolist(), "std": vals.std(0).tolist()}},
-                    "class_pixel_counts": counts})
-    return path
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("store") / "patches.zarr")
-
-
-KW = dict(model="utae-small", batch_size=2, lr=5e-3, device="cpu", num_workers=0, seed=3)
-
-
-@pytest.fixture(scope="module")
-def trained(store, tmp_path_factory):
-    """A 2-epoch utae-small run (shared by the training, resume and evaluation tests)."""
-    out = tmp_path_factory.mktemp("run") / "run"
-    summary = train(store, out, epochs=2, **KW)
-    return out, summary
-
+from crop2seg_pipeline.train import LAST_FILE, train
+from crop2seg_pipeline.train_data import open_training_data
 
 # ----------------------------------------------------------------------------- training
 
@@ -123,6 +42,9 @@ def test_training_writes_loadable_weights_and_loss_decreases(trained, store):
     assert training["epochs"] == 2 and training["seed"] == 3 and training["store"] == str(store)
     assert training["best_epoch"] == summary["best_epoch"]
     assert training["val_miou"] == pytest.approx(summary["best_val_miou"])
+    # temporal augmentation is on by default, dates are days since the reference date
+    assert training["temporal_augment"] == TemporalAugment().to_json() and meta["date_encoding"] == "days"
+    assert training["validation"] == {"kind": "split", "split": "val", "n_patches": 2}
     # the best epoch really is the one with the highest validation mIoU
     best = max(summary["history"], key=lambda h: h["val_miou"])
     assert summary["best_epoch"] == best["epoch"]
@@ -210,97 +132,6 @@ def test_train_rejects_bad_input(store, tmp_path):
             train(store, tmp_path / "r", epochs=1, **{**KW, "device": "cuda"})
 
 
-def test_train_transform_is_consistent_and_seeded():
-    t = torch.arange(4 * 2 * 8 * 8, dtype=torch.float32).reshape(4, 2, 8, 8)
-    lab = torch.arange(64).reshape(8, 8)
-    sample = lambda: {"s2": t.clone(), "positions": torch.arange(4.0), "clear": torch.ones(4),  # noqa: E731
-                      "label": lab.clone(), "parcel_id": lab.clone() * 10, "index": 7}
-    tr = TrainTransform(seed=1, augment=True, temporal_dropout=0.5)
-    outs = []
-    for epoch in range(6):
-        tr.epoch = epoch
-        s = tr(sample())
-        outs.append(s)
-        assert torch.equal(s["parcel_id"], s["label"] * 10)          # same transform on both
-        # the label moved with the image: pixel (i, j) of band 0 at date 0 still matches
-        k = int(s["positions"][0])
-        assert torch.equal(s["s2"][0, 0], t[k, 0].flatten()[s["label"].flatten()].reshape(8, 8))
-        assert 1 <= s["s2"].shape[0] == len(s["positions"]) == len(s["clear"]) <= 4
-    assert len({tuple(o["label"].flatten()[:3].tolist()) for o in outs}) > 1   # it does vary
-    tr.epoch = 3
-    again = tr(sample())
-    assert torch.equal(again["s2"], outs[3]["s2"])                   # and is reproducible
-    assert torch.equal(TrainTransform(augment=False)(sample())["s2"], t)
-
-
-def test_class_weights_inverse_sqrt_ignoring_class_14():
-    counts = [400, 100, 0] + [0] * 11 + [1000]
-    w = class_weights(counts)
-    assert w[14] == 0 and w[2] == 0
-    assert w[1] / w[0] == pytest.approx(2.0)                        # sqrt(400 / 100)
-    n = torch.tensor(counts, dtype=torch.float32)
-    n[14] = 0
-    assert float((w * n).sum() / n.sum()) == pytest.approx(1.0)
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def test_evaluate_writes_metrics_and_plot(trained, store, tmp_path):
-    out, _ = trained
-    m = evaluate(store, out, split="test", region="all", out_dir=tmp_path / "eval", device="cpu")
-    doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    png = (tmp_path / "eval" / "confusion_matrix.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    for key in ("overall_accuracy", "miou", "macro_f1", "per_class", "confusion_matrix"):
-        assert key in doc
-    assert doc == json.loads(json.dumps(m))
-    cm = np.array(doc["confusion_matrix"])
-    assert cm.shape == (15, 15) and cm[14].sum() == 0 and cm[:, 14].sum() == 0
-    assert cm.sum() == doc["n_pixels"] == 2 * 32 * 32 - doc["ignored_pixels"]
-    assert doc["overall_accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
-    assert set(doc["per_class"]) == set(CLASS_NAMES[:14])
-    assert {"iou", "f1", "support"} <= set(doc["per_class"]["Maize"])
-    assert 0 <= doc["miou"] <= 1 and doc["split"] == "test" and doc["n_patches"] == 2
-    # boundary + interior pixels partition all scored pixels
-    b = evaluate(store, out, split="test", region="boundary", device="cpu")
-    i = evaluate(store, out, split="test", region="interior", device="cpu")
-    np.testing.assert_array_equal(np.array(b["confusion_matrix"]) + np.array(i["confusion_matrix"]), cm)
-    assert 0 < b["n_pixels"] < i["n_pixels"]
-
-
-def test_evaluate_uses_checkpoint_normalization_not_the_store(trained, store, tmp_path):
-    out, _ = trained
-    model = load_model(out)
-    meta = model.meta
-    base = evaluate(store, out, split="val", device="cpu")
-    meta = {k: v for k, v in meta.items() if k not in ("architecture", "config", "format_version")}
-    shifted = tmp_path / "shifted"
-    save_weights(model, shifted, {**meta, "normalization": {"mean": [m + 5000 for m in meta["normalization"]["mean"]],
-                                                            "std": meta["normalization"]["std"]}})
-    assert evaluate(store, shifted, split="val", device="cpu")["confusion_matrix"] != base["confusion_matrix"]
-    (shifted / "model.json").write_text(json.dumps({**json.loads((shifted / "model.json").read_text()),
-                                                    "reference_date": None}))
-    with pytest.raises(CheckpointError, match="reference_date"):
-        evaluate(store, shifted, split="val", device="cpu")
-
-
-def test_evaluate_refuses_weights_for_other_bands_or_classes(store, tmp_path):
-    four = build_model("utae-small", n_classes=15, input_dim=4)
-    save_weights(four, tmp_path / "four", {"bands": ["B02", "B03", "B04", "B08"]})
-    with pytest.raises(CheckpointError, match="4 bands, but 10 bands were expected"):
-        evaluate(store, tmp_path / "four", out_dir=tmp_path / "e1", device="cpu")
-    twenty = build_model("utae-small", n_classes=20)
-    save_weights(twenty, tmp_path / "twenty", {"bands": list(BANDS)})
-    with pytest.raises(CheckpointError, match="20 classes, but 15 classes were expected"):
-        evaluate(store, tmp_path / "twenty", out_dir=tmp_path / "e2", device="cpu")
-    renamed = build_model("utae-small", n_classes=15)
-    save_weights(renamed, tmp_path / "renamed", {"bands": list(BANDS[::-1])})
-    with pytest.raises(CheckpointError, match="different names/order"):
-        evaluate(store, tmp_path / "renamed", device="cpu")
-    assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists()
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -335,44 +166,102 @@ def test_cosine_schedule_endpoints_and_constant():
     assert {epoch_lr(1e-3, e, 10, "constant") for e in range(1, 11)} == {1e-3}
 
 
-# ----------------------------------------------------------------------------- every architecture
+# ----------------------------------------------------------------------------- held-out validation
+
+TILES = ("33UVR",) * 4 + ("33UWQ",) * 8  # patches 0-3 on 33UVR (splits train), 4-11 on 33UWQ
 
 
-@pytest.mark.parametrize("name,via_cli", [("timeunet-small", False), ("wtae-small", False),
-                                          ("unet3d-small", True)])
-def test_every_architecture_evaluates(store, tmp_path, name, via_cli):
-    """Weights folders of every architecture (one trained by ``crop2seg-train --model``, the
-    others untrained): evaluate, which batches patches of different date counts zero-padded,
-    counts what the model predicts for each patch alone on its own dates."""
-    from crop2seg_pipeline.dataset import PatchDataset
+@pytest.fixture(scope="module")
+def two_tiles(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("tiles") / "tiles.zarr", tiles=TILES)
 
+
+def test_val_tiles_are_never_trained_on_and_pick_the_best_epoch(two_tiles, tmp_path):
+    data = open_training_data(two_tiles, TrainTransform(augment=False), val_tiles=["33UVR"], say=lambda m: None)
+    assert data.train.indices.tolist() == [4, 5, 6, 7]           # train split of the other tile only
+    assert sorted(data.val.indices.tolist()) == [0, 1, 2, 3]     # every patch of the held-out tile
+    labels = np.stack([np.asarray(data.train[i]["label"]) for i in range(4)])
+    expected = class_weights(np.bincount(labels.ravel(), minlength=15))  # weights of what is trained on
+    assert torch.allclose(data.weight, expected)
+    summary = train(two_tiles, tmp_path / "run", epochs=2, val_tiles=["33UVR"], **KW)
+    assert summary["n_train"] == 4 and summary["n_val"] == 4
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["training"]["validation"] == {"kind": "held-out", "tiles": ["33UVR"], "stores": [], "n_patches": 4}
+    assert summary["best_epoch"] == max(summary["history"], key=lambda h: h["val_miou"])["epoch"]
+    with pytest.raises(StoreError, match="no tile 33XXX"):
+        train(two_tiles, tmp_path / "bad", epochs=1, val_tiles=["33XXX"], **KW)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_val_dataset_scores_a_held_out_store_and_the_best_epoch_on_it(store, tmp_path):
+    held = make_store(tmp_path / "held.zarr", n=6, seed=7, t_max=7, splits=("test",) * 6)
+    summary = train(store, tmp_path / "run", epochs=2, val_datasets=[held], **{**KW, "lr": 2e-2})
+    assert summary["n_val"] == 6 and summary["validation"]["kind"] == "held-out"
+    best = max(summary["history"], key=lambda h: h["val_miou"])
+    assert summary["best_epoch"] == best["epoch"]
+    # the validation figures are those of the best weights, fed as trained, on the held-out store
+    m = evaluate(held, tmp_path / "run", split="test", device="cpu")
+    assert m["miou"] == pytest.approx(best["val_miou"]) and m["overall_accuracy"] == pytest.approx(best["val_overall_accuracy"])
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["training"]["validation"]["stores"] == [str(held)]
+    # a different held-out store into the same run folder is another run
+    other = make_store(tmp_path / "other.zarr", n=4, seed=8, splits=("test",) * 4)
+    with pytest.raises(Crop2SegError, match="validation"):
+        train(store, tmp_path / "run", epochs=3, val_datasets=[other], **{**KW, "lr": 2e-2})
+    with pytest.raises(StoreError, match="training store itself"):
+        train(store, tmp_path / "self", epochs=1, val_datasets=[store], **KW)
+
+
+def test_day_of_year_models_are_fed_day_of_year_by_evaluate_and_predict(store, tmp_path):
+    from crop2seg_pipeline.predict import _check_dates, read_model_spec
+
+    out = tmp_path / "doy"
+    train(store, out, epochs=1, date_encoding="doy", **KW)
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["date_encoding"] == "doy" and meta["training"]["date_encoding"] == "doy"
+    spec = read_model_spec(out)
+    times = np.array(["2021-05-10T10:00", "2022-05-10T10:00"], dtype="datetime64[ns]")
+    assert spec.date_encoding == "doy" and _check_dates(times, spec).tolist() == [130.0, 130.0]
+    base = evaluate(store, out, split="val", device="cpu")
+    (out / "model.json").write_text(json.dumps({**meta, "date_encoding": "days"}))  # fed otherwise
+    assert evaluate(store, out, split="val", device="cpu")["confusion_matrix"] != base["confusion_matrix"]
+    assert read_model_spec(out).date_encoding == "days"
+    (out / "model.json").write_text(json.dumps({**meta, "date_encoding": "weeks"}))
+    with pytest.raises(CheckpointError, match="date_encoding 'weeks'"):
+        evaluate(store, out, split="val", device="cpu")
+    with pytest.raises(Crop2SegError, match="date encoding must be one of days, doy"):
+        train(store, tmp_path / "bad", epochs=1, date_encoding="weeks", **KW)
+
+
+def test_temporal_augmentation_settings_are_part_of_the_run(store, tmp_path):
     out = tmp_path / "run"
-    if via_cli:
-        res = CliRunner().invoke(train_cmd, ["--dataset", str(store), "--out", str(out), "--model", name,
-                                             "--epochs", "1", "--batch-size", "2", "--workers", "0",
-                                             "--device", "cpu", "-q"])
-        assert res.exit_code == 0, res.output
-    else:
-        norm = open_store(store).attrs["normalization"]["train"]
-        torch.manual_seed(0)
-        save_weights(build_model(name, n_classes=15), out, {
-            "bands": list(BANDS), "class_names": list(CLASS_NAMES), "reference_date": "2020-09-01",
-            "normalization": norm})
-    model = load_model(out, expect_bands=list(BANDS), expect_classes=15)
-    assert model.meta["architecture"] == model.architecture == name.split("-")[0]
-    assert model.meta["config"] == build_model(name, n_classes=15).config
-    got = evaluate(store, out, split="test", batch_size=2, device="cpu")
-    meta = model.meta
-    data = PatchDataset(store, split="test", mean=meta["normalization"]["mean"],
-                        std=meta["normalization"]["std"], reference_date=meta["reference_date"])
-    assert len({len(data.positions(int(i))) for i in data.indices}) > 1  # a padded batch
-    cm = np.zeros((15, 15), np.int64)
-    for k in range(len(data)):
-        sample = data[k]
-        with torch.no_grad():
-            logits = model(sample["s2"][None], sample["positions"][None])[0]
-        logits[14] = -float("inf")
-        pred, lab = logits.argmax(dim=0).numpy(), sample["label"].numpy()
-        keep = lab != 14
-        np.add.at(cm, (lab[keep], pred[keep]), 1)
-    assert np.array_equal(np.array(got["confusion_matrix"]), cm)
+    plain = train(store, out, epochs=1, temporal_augment=NO_TEMPORAL, **KW)
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["training"]["temporal_augment"] is None
+    augmented = train(store, tmp_path / "aug", epochs=1, **KW)
+    assert augmented["history"][0]["loss"] != plain["history"][0]["loss"]  # the samples differ
+    with pytest.raises(Crop2SegError, match="temporal_augment"):
+        train(store, tmp_path / "aug", epochs=2, temporal_augment=TemporalAugment(shift_days=40), **KW)
+
+
+def test_cli_temporal_validation_and_encoding_options(two_tiles, tmp_path):
+    runner = CliRunner()
+    base = ["--dataset", str(two_tiles), "--epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu", "-q"]
+    res = runner.invoke(train_cmd, base + ["--out", str(tmp_path / "a"), "--val-tiles", "33UVR", "--date-encoding",
+                                           "doy", "--date-keep", "0.5,0.9", "--min-dates", "3", "--date-shift", "10",
+                                           "--date-jitter", "1", "--cloudy-below", "0.6", "--cloudy-drop", "0.3"])
+    assert res.exit_code == 0, res.output
+    assert "on held-out tiles 33UVR" in res.output
+    training = json.loads((tmp_path / "a" / "model.json").read_text())["training"]
+    assert training["temporal_augment"] == {"keep": [0.5, 0.9], "min_dates": 3, "shift_days": 10, "jitter_days": 1,
+                                            "cloudy_below": 0.6, "cloudy_drop": 0.3}
+    assert training["date_encoding"] == "doy" and training["validation"]["tiles"] == ["33UVR"]
+    res = runner.invoke(train_cmd, base + ["--out", str(tmp_path / "b"), "--no-temporal-augment"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "b" / "model.json").read_text())["training"]["temporal_augment"] is None
+    for args, msg in [(["--date-keep", "0.9,0.5"], "keep share"), (["--date-keep", "0.5"], "expected 2"),
+                      (["--val-tiles", "33XXX"], "no tile 33XXX"), (["--date-encoding", "weeks"], "weeks"),
+                      (["--train-folds", "1,2"], "apply to a PASTIS folder")]:
+        res = runner.invoke(train_cmd, base + ["--out", str(tmp_path / "c")] + args)
+        assert res.exit_code in (1, 2) and msg in res.output, (args, res.output)
+        assert not (tmp_path / "c").exists()

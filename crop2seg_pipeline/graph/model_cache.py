@@ -12,7 +12,6 @@ import threading
 from collections import Counter
 from typing import Any
 
-from ..errors import Crop2SegError
 from ..malloc import tune_malloc_for_torch
 from ..models.spec import ModelSpec
 
@@ -29,20 +28,10 @@ def model_loads() -> dict[str, int]:
 
 
 def resolve_device(device: str):
-    import torch
+    """:func:`crop2seg_pipeline.device.resolve_device`, imported when a task runs (torch is heavy)."""
+    from ..device import resolve_device as resolve
 
-    name = str(device).lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise Crop2SegError(
-            f"device {device!r} asked but CUDA is not available to PyTorch {torch.__version__} on this "
-            "worker; use --device cpu or auto, or GPU workers"
-        )
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise Crop2SegError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    return resolve(device)
 
 
 def _worker_threads() -> int | None:

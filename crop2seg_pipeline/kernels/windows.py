@@ -2,12 +2,13 @@
 
 The pieces of whole-tile inference, each testable on its own:
 
-* :func:`preprocess` and :func:`date_positions`: *the* model input transform, shared by training
-  (the torch ``Dataset``) and inference so that a model is always fed the way it was trained;
-* :func:`plan_axis`: where the ``size`` x ``size`` windows sit. Windows are planned once on the
-  *global* grid of the scene (origins ``0, stride, 2 * stride, ...``, the last one shifted back to
-  end exactly on the edge, never dropped), so the windows -- and therefore the predictions -- do
-  not depend on how the scene is chunked;
+* :func:`preprocess` and :func:`date_positions` (from :mod:`.dates`): *the* model input transform,
+  shared by training (the torch ``Dataset``) and inference so that a model is always fed the way
+  it was trained;
+* :func:`plan_axis`: where the ``size`` x ``size``
+  windows sit. Windows are planned once on the *global* grid of the scene (origins ``0, stride,
+  2 * stride, ...``, the last one shifted back to end exactly on the edge, never dropped), so the
+  windows -- and therefore the predictions -- do not depend on how the scene is chunked;
 * :func:`blend_weights`: separable ramp weights that fall off towards window edges (with a floor
   > 0, so a pixel covered by a single window edge still gets a prediction);
 * :func:`owner_of` / :func:`owned_windows` / :func:`owned_halo`: each window belongs to the one
@@ -22,23 +23,24 @@ Pixel convention: array index ``[..., i, j]``; a window with origin ``(r, c)`` c
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .dates import date_positions
+
 __all__ = [
-    "preprocess",
-    "date_positions",
-    "plan_axis",
-    "owner_of",
-    "owned_windows",
-    "owned_halo",
-    "blend_weights",
     "accumulate_windows",
-    "masked_softmax",
+    "blend_weights",
     "classes_of",
     "confidence_of",
+    "date_positions",
+    "masked_softmax",
+    "owned_halo",
+    "owned_windows",
+    "owner_of",
+    "plan_axis",
+    "preprocess",
 ]
 
 
@@ -83,16 +85,6 @@ def preprocess(
     np.subtract(s2, mean[:, None, None], out=out, dtype=np.float32)
     np.divide(out, std[:, None, None], out=out)
     return out
-
-
-def date_positions(dates: Sequence | np.ndarray, reference_date: str | dt.date | np.datetime64) -> np.ndarray:
-    """Whole days from ``reference_date`` to each date, as float32 (the U-TAE ``batch_positions``).
-
-    Times of day are dropped (``datetime64[D]``) before the difference.
-    """
-    d = np.asarray(dates).astype("datetime64[D]")
-    ref = np.datetime64(str(reference_date)[:10], "D")
-    return (d - ref).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- window planning

@@ -13,9 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from ..kernels.windows import date_positions
+from ..kernels.dates import DEFAULT_DATE_ENCODING, check_date_encoding, position_range
 from ..nomenclature import BANDS, CLASS_NAMES, DEFAULT_UNCLEAR_SCL, NOT_CLASSIFIED
 
 __all__ = ["ModelSpec", "read_model_spec"]
@@ -32,6 +30,8 @@ class ModelSpec:
     bands : input bands, in the model's order (``model.json["bands"]``)
     mean, std : per-band normalization (``model.json["normalization"]``)
     reference_date : ISO date; positions are days since it (``model.json["reference_date"]``)
+    date_encoding : how dates become positions (``model.json["date_encoding"]``, default ``days``;
+        :func:`crop2seg_pipeline.kernels.dates.date_positions`)
     patch_size : window side the model was trained on (``model.json["patch_size"]``, default 128)
     class_names : output classes (``model.json["class_names"]``)
     ignore_index : class never predicted (``model.json["ignore_index"]``, default 14)
@@ -57,6 +57,7 @@ class ModelSpec:
     min_date_clear: float | None = 0.0
     unclear_scl: tuple[int, ...] = DEFAULT_UNCLEAR_SCL
     resampling_20m: str = "nearest"
+    date_encoding: str = DEFAULT_DATE_ENCODING
 
     @property
     def n_classes(self) -> int:
@@ -65,8 +66,7 @@ class ModelSpec:
     def position_range(self) -> tuple[float, float] | None:
         if self.date_range is None:
             return None
-        p = date_positions(np.array(self.date_range, dtype="datetime64[D]"), self.reference_date)
-        return float(p.min()), float(p.max())
+        return position_range(self.date_range[0], self.date_range[1], self.reference_date, self.date_encoding)
 
 
 def _fingerprint(folder: Path) -> tuple:
@@ -134,6 +134,10 @@ def read_model_spec(weights_dir: str | os.PathLike) -> ModelSpec:
         if len(date_range) != 2:
             raise CheckpointError(f"{model_json}: training.date_range must be [first, last], got {rng!r}")
     pre = meta.get("preprocessing") or {}
+    try:
+        encoding = check_date_encoding(str(meta.get("date_encoding") or DEFAULT_DATE_ENCODING))
+    except ValueError as e:
+        raise CheckpointError(f"{model_json}: {e}") from None
     ignore = meta.get("ignore_index", NOT_CLASSIFIED)
     return ModelSpec(
         weights_dir=str(folder),
@@ -150,4 +154,5 @@ def read_model_spec(weights_dir: str | os.PathLike) -> ModelSpec:
         min_date_clear=pre.get("min_date_clear", 0.0),
         unclear_scl=tuple(int(v) for v in (pre.get("unclear_scl") or DEFAULT_UNCLEAR_SCL)),
         resampling_20m=str(pre.get("resampling_20m") or "nearest"),
+        date_encoding=encoding,
     )

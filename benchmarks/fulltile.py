@@ -7,7 +7,8 @@
    10/20 m resolution plus SCL, written block by block by ``--workers`` processes (never a whole
    band in memory); 275 x 275 = 75,625 rectangular parcels of 13 crop classes with their own
    phenology, written in EPSG:5514 (S-JTSK, as the Czech LPIS); moving clouds in SCL and bands.
-2. On a LocalCluster of ``--workers`` workers x 1 thread: the raw-I/O baseline
+2. On the command's local cluster (:func:`crop2seg_pipeline.cluster.connect`) of ``--workers``
+   workers x 1 thread: the raw-I/O baseline
    (``benchmarks/rawio.py``: the same windows read with rasterio, the same patches written with
    the same codec, one task per chunk) and the whole build (``build_dataset``, every patch kept),
    page cache dropped before each when the machine allows it.
@@ -199,9 +200,8 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/fulltile.json")
     a = ap.parse_args()
 
-    from distributed import Client, LocalCluster
-
     from crop2seg_pipeline.build import build_dataset
+    from crop2seg_pipeline.cluster import connect
 
     work = Path(a.workdir)
     print(f"tile: {SIZE} x {SIZE} px, {a.dates} dates, {(SIZE // CELL + 1) ** 2:,} parcels in EPSG:5514 -> {work}")
@@ -213,8 +213,9 @@ def main() -> None:
         shutil.rmtree(p, ignore_errors=True)
     result: dict = {"dates": a.dates, "workers": a.workers, "chunksize": a.chunksize, "size": SIZE}
     passes: dict[str, float] = {}
-    with LocalCluster(n_workers=a.workers, threads_per_worker=1, memory_limit=a.memory_limit,
-                      dashboard_address=":0") as lc, Client(lc) as client:
+    # the local cluster crop2seg-build-dataset starts (its worker environment included)
+    with connect("local", n_workers=a.workers, threads_per_worker=1, memory_limit=a.memory_limit,
+                 dashboard_address=":0") as client:
         if not a.skip_raw:
             result["raw_cache_dropped"] = drop_caches()
             tasks = raw_tasks(items, str(stores["raw"]), 128, a.chunksize, SIZE, SIZE)

@@ -18,6 +18,7 @@ import numpy as np
 import rasterio
 import zarr
 
+from crop2seg_pipeline.blocks import GDAL_OPTIONS
 from crop2seg_pipeline.nomenclature import BANDS
 from crop2seg_pipeline.store import CODECS, DEFAULT_CODEC
 
@@ -34,6 +35,12 @@ def _ds(path: str):
 def raw_chunk(paths: list[dict], offsets: list[int], out: str, index0: int, r0: int, c0: int, n_rows: int,
               n_cols: int, p: int) -> int:
     """Read one chunk's windows straight from the files and write its patches."""
+    with rasterio.Env(**GDAL_OPTIONS):  # the pipeline's GDAL settings (block cache, no VSI cache)
+        return _raw_chunk(paths, offsets, out, index0, r0, c0, n_rows, n_cols, p)
+
+
+def _raw_chunk(paths: list[dict], offsets: list[int], out: str, index0: int, r0: int, c0: int, n_rows: int,
+               n_cols: int, p: int) -> int:
     t = len(paths)
     h, w = n_rows * p, n_cols * p
     block = np.zeros((t, len(BANDS), h, w), np.uint16)

@@ -73,10 +73,15 @@ GDAL_OPTIONS: dict[str, str | int] = {
     "GDAL_HTTP_MULTIRANGE": "YES",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.jp2,.JP2,.zip,.xml",
-    "VSI_CACHE": "TRUE",
-    # decoded blocks are used by one chunk (and its neighbours' halos): a small block cache per
-    # process keeps worker memory flat while files stay open across chunks
-    "GDAL_CACHEMAX": 128 * 2**20,  # bytes (rasterio hands an int to GDALSetCacheMax64)
+    # no per-handle read cache: VSI_CACHE keeps up to 25 MB of *each* open file, and a worker keeps
+    # a tile's 264 files (24 dates x 11 bands) open across chunks -- 1 GB per worker after a few
+    # chunks on the full-tile benchmark, for nothing (local reads hit the page cache, /vsicurl/
+    # has its own region cache)
+    "VSI_CACHE": "FALSE",
+    # decoded blocks are used by one chunk (and its neighbours' 20 m halves): a small block cache
+    # per process keeps worker memory flat while files stay open across chunks (32 MB: the same
+    # CPU per chunk as 128 MB, measured with benchmarks/fulltile.py's tile)
+    "GDAL_CACHEMAX": 32 * 2**20,  # bytes (rasterio hands an int to GDALSetCacheMax64)
 }
 
 #: Read attempts after a transient error, and the first backoff (doubled each time).

@@ -175,3 +175,34 @@ def parse_floats(text: str | None, n: int, name: str) -> tuple[float, ...] | Non
 def pct(v: float | None) -> str:
     """A 0..1 share as a percentage with one decimal, ``n/a`` for None."""
     return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+CLUSTER_HELP = ("A spec name (local, slurm, slurm-gpu, pbs, existing: see crop2seg-cluster --dry-run), "
+                "a spec YAML path, or a scheduler address tcp://HOST:PORT.")
+
+
+def cluster_options(*, spec: bool = True, memory: bool = True, spec_help: str = CLUSTER_HELP) -> Callable:
+    """The cluster options every cluster command shares, in one place.
+
+    ``--cluster`` (unless ``spec`` is False: ``crop2seg-cluster`` takes the spec as its argument),
+    ``--workers``, ``--threads-per-worker`` and (unless ``memory`` is False) ``--memory-limit``;
+    the overrides apply to local clusters only (:func:`crop2seg_pipeline.cluster.connect` refuses
+    them for other specs, before anything starts).
+    """
+    opts = []
+    if spec:
+        opts.append(click.option("--cluster", default="local", help=spec_help))
+    opts.append(click.option("--workers", default=None, type=int,
+                             help="Local cluster: number of workers (default: one per core)."))
+    opts.append(click.option("--threads-per-worker", default=None, type=int,
+                             help="Local cluster: threads per worker (default 1)."))
+    if memory:
+        opts.append(click.option("--memory-limit", default=None,
+                                 help="Local cluster: memory limit per worker, e.g. 4GB (default: machine memory / workers)."))
+
+    def decorate(f: Callable) -> Callable:
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return decorate

@@ -13,7 +13,7 @@ import click
 
 from ..errors import Crop2SegError
 from ..workflow import workflow_option
-from . import CONTEXT, quiet_opt, setup_logging, starting_cluster, verbose_opt
+from . import CONTEXT, cluster_options, quiet_opt, setup_logging, starting_cluster, verbose_opt
 
 log = logging.getLogger("crop2seg_pipeline")
 
@@ -45,10 +45,7 @@ def default_cache_dir() -> Path:
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
 @click.option("--parallel", default=1, type=click.IntRange(min=1), help="Predictions that run at once (others queue).")
 @click.option("--max-side", default=1024, type=click.IntRange(min=64), help="Longest side (px) of the images the map shows.")
-@click.option("--cluster", default="local", help="A spec name (local, slurm, slurm-gpu, pbs, existing), a spec YAML path, or a scheduler address tcp://HOST:PORT.")
-@click.option("--workers", default=None, type=int, help="Local clusters only: number of workers (default: one per core).")
-@click.option("--threads-per-worker", default=None, type=int, help="Local cluster: threads per worker (default 1).")
-@click.option("--memory-limit", default=None, help="Local cluster: memory limit per worker, e.g. 4GB.")
+@cluster_options()
 @click.option("--demo-size", default=1024, type=int, help="Size of the embedded demo scene when --items is not given.")
 @verbose_opt
 @quiet_opt

@@ -10,7 +10,7 @@ import click
 from ..errors import Crop2SegError
 from ..workflow import workflow_option
 from ..interrupts import pause_point
-from . import check_cluster, command, demo_scene_for, fail, open_cluster, parse_floats, quiet_opt, setup_logging, verbose_opt
+from . import check_cluster, cluster_options, command, demo_scene_for, fail, open_cluster, parse_floats, quiet_opt, setup_logging, verbose_opt
 
 
 @command(interrupted="patches written so far are kept; run the same command again to resume.")
@@ -39,10 +39,7 @@ from . import check_cluster, command, demo_scene_for, fail, open_cluster, parse_
 @click.option("--chunk-patches", default=None, type=click.IntRange(min=1), hidden=True, help="Deprecated: --chunksize in patches.")
 @click.option("--resampling-20m", default="nearest", type=click.Choice(["nearest", "bilinear", "cubic", "average"]), help="How 20 m bands reach 10 m.")
 @click.option("--codec", default="zstd-1", type=click.Choice(["zstd-1", "zstd-3", "lz4", "none"]), help="Compression of the patch arrays (recorded in the store): zstd-1 is the measured best trade-off (benchmarks/codecs.py).")
-@click.option("--cluster", default="local", help="A spec name (local, slurm, slurm-gpu, pbs, existing: see crop2seg-cluster --dry-run), a spec YAML path, or a scheduler address tcp://HOST:PORT.")
-@click.option("--workers", default=None, type=int, help="Local clusters only: number of workers (default: one per core).")
-@click.option("--threads-per-worker", default=None, type=int, help="Local cluster: threads per worker (default 1).")
-@click.option("--memory-limit", default=None, help="Local cluster: memory limit per worker, e.g. 4GB.")
+@cluster_options()
 @click.option("--overwrite", is_flag=True, help="Rebuild an existing patch store from scratch.")
 @click.option("--demo-size", default=1024, type=int, help="Size of the embedded demo scene when --items is not given.")
 @verbose_opt

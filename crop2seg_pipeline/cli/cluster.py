@@ -13,7 +13,7 @@ import click
 
 from ..errors import Crop2SegError
 from ..workflow import workflow_option
-from . import command, starting_cluster
+from . import cluster_options, command, starting_cluster
 
 
 @command(interrupted="the cluster was stopped.")
@@ -21,9 +21,7 @@ from . import command, starting_cluster
 @click.argument("spec", default="local")
 @click.option("--dry-run", is_flag=True,
               help="Print what would start (LocalCluster parameters, the SLURM/PBS job script, or the address) and exit; starts and submits nothing.")
-@click.option("--workers", default=None, type=click.IntRange(min=1), help="Local cluster: number of workers (default: one per core).")
-@click.option("--threads-per-worker", default=None, type=click.IntRange(min=1), help="Local cluster: threads per worker (default 1).")
-@click.option("--memory-limit", default=None, help="Local cluster: memory limit per worker, e.g. 4GB (default: machine memory / workers).")
+@cluster_options(spec=False)
 @click.option("--dashboard-address", default=None,
               help="Where the dashboard listens (default: the spec's, else 127.0.0.1:8787; ':8787' exposes it).")
 def cluster_cmd(spec, dry_run, workers, threads_per_worker, memory_limit, dashboard_address):

@@ -9,7 +9,7 @@ import click
 from ..errors import Crop2SegError
 from ..interrupts import pause_point
 from ..workflow import workflow_option
-from . import check_cluster, command, fail, open_cluster, parse_floats, quiet_opt, setup_logging, verbose_opt
+from . import check_cluster, cluster_options, command, fail, open_cluster, parse_floats, quiet_opt, setup_logging, verbose_opt
 
 
 @command(interrupted="complete files are kept; run the same command again to resume.")
@@ -21,9 +21,7 @@ from . import check_cluster, command, fail, open_cluster, parse_floats, quiet_op
 @click.option("--bbox-crs", default="EPSG:4326", help="CRS of --bbox.")
 @click.option("--bands", default=None, help="Reflectance bands to mirror, comma-separated (default all 10; SCL always).")
 @click.option("--retries", default=5, type=int, help="Attempts per file for transient failures (HTTP 429/5xx, resets, timeouts).")
-@click.option("--cluster", default="local", help="A spec name (local, slurm, pbs, existing), a spec YAML path, or a scheduler address tcp://HOST:PORT.")
-@click.option("--workers", default=None, type=int, help="Local clusters only: number of workers.")
-@click.option("--threads-per-worker", default=None, type=int, help="Local cluster: threads per worker (default 1).")
+@cluster_options(memory=False)
 @verbose_opt
 @quiet_opt
 def download_cmd(items, items_opt, out, bbox, bbox_crs, bands, retries, cluster, workers, threads_per_worker,

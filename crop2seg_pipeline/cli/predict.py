@@ -11,7 +11,7 @@ import click
 from ..errors import Crop2SegError
 from ..interrupts import pause_point
 from ..workflow import workflow_option
-from . import check_cluster, command, demo_scene_for, fail, open_cluster, parse_floats, quiet_opt, setup_logging, verbose_opt
+from . import check_cluster, cluster_options, command, demo_scene_for, fail, open_cluster, parse_floats, quiet_opt, setup_logging, verbose_opt
 
 log = logging.getLogger("crop2seg_pipeline")
 
@@ -41,10 +41,7 @@ DEMO_OUT = "prediction"
 @click.option("--probabilities", is_flag=True, help="Also write per-class probabilities: OUT/probabilities.zarr (float32) and OUT/probabilities.tif (uint8 COG, probability x 255, one band per class, bands summing to 255).")
 @click.option("--polygons", is_flag=True, help="Also write the class map as polygons (class, area, mean confidence; Background dropped) to OUT/polygons.gpkg, polygonized chunk by chunk on the workers.")
 @click.option("--min-polygon-area", default=5000.0, type=click.FloatRange(min=0), help="With --polygons: keep polygons larger than this (m2; Crop2Seg: 5000).")
-@click.option("--cluster", default="local", help="A spec name (local, slurm, slurm-gpu, pbs, existing: see crop2seg-cluster --dry-run), a spec YAML path, or a scheduler address tcp://HOST:PORT.")
-@click.option("--workers", default=None, type=int, help="Local clusters only: number of workers (default: one per core).")
-@click.option("--threads-per-worker", default=None, type=int, help="Local cluster: threads per worker (default 1).")
-@click.option("--memory-limit", default=None, help="Local cluster: memory limit per worker, e.g. 4GB.")
+@cluster_options()
 @click.option("--demo-size", default=1024, type=int, help="Size of the embedded demo scene when --items is not given.")
 @verbose_opt
 @quiet_opt

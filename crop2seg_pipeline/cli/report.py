@@ -10,7 +10,7 @@ import click
 from ..errors import Crop2SegError
 from ..interrupts import pause_point
 from ..workflow import workflow_option
-from . import check_cluster, command, fail, open_cluster, quiet_opt, setup_logging, verbose_opt
+from . import check_cluster, cluster_options, command, fail, open_cluster, quiet_opt, setup_logging, verbose_opt
 
 log = logging.getLogger("crop2seg_pipeline")
 
@@ -27,11 +27,7 @@ log = logging.getLogger("crop2seg_pipeline")
               help="Store reports: comma-separated bands profiled besides NDVI.")
 @click.option("--top", default=12, type=int,
               help="Prediction reports: disagreeing parcels shown with thumbnails, most confident first.")
-@click.option("--cluster", default="local",
-              help="Store reports: a spec name, spec YAML path or scheduler address tcp://HOST:PORT.")
-@click.option("--workers", default=None, type=int, help="Local cluster: number of workers (default: one per core).")
-@click.option("--threads-per-worker", default=None, type=int, help="Local cluster: threads per worker (default 1).")
-@click.option("--memory-limit", default=None, help="Local cluster: memory limit per worker, e.g. 4GB.")
+@cluster_options(spec_help="Store reports: a spec name, spec YAML path or scheduler address tcp://HOST:PORT (see crop2seg-build-dataset).")
 @verbose_opt
 @quiet_opt
 def report_cmd(source, out, min_clear, bands, top, cluster, workers, threads_per_worker, memory_limit, verbose,

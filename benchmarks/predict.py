@@ -44,7 +44,7 @@ from crop2seg_pipeline.cluster import worker_environment
 from crop2seg_pipeline.cube import load_cube
 from crop2seg_pipeline.demo import make_demo_scene
 from crop2seg_pipeline.kernels.windows import owned_windows, plan_axis
-from crop2seg_pipeline.malloc import tune_malloc_for_torch
+from crop2seg_pipeline.malloc import tune_malloc
 from crop2seg_pipeline.models import build_model, load_model, save_weights
 from crop2seg_pipeline.nomenclature import BANDS, CLASS_NAMES
 from crop2seg_pipeline.predict import predict, read_model_spec
@@ -75,7 +75,7 @@ def _bare_model(weights: Path, n_windows: int, T: int, P: int, batch: int, threa
     """Seconds of the model alone on ``n_windows`` windows: per batch, uint16 -> float32 standardized
     in place, forward, masked softmax (as the pipeline), in one process on ``threads`` torch threads."""
     torch.set_num_threads(threads)
-    tune_malloc_for_torch()  # as the pipeline's workers do (see crop2seg_pipeline/malloc.py)
+    tune_malloc()  # as the pipeline's workers do (see crop2seg_pipeline/malloc.py)
     model = load_model(weights)
     spec = read_model_spec(weights)
     rng = np.random.default_rng(0)

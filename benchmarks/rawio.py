@@ -19,6 +19,7 @@ import rasterio
 import zarr
 
 from crop2seg_pipeline.blocks import GDAL_OPTIONS
+from crop2seg_pipeline.malloc import tune_malloc
 from crop2seg_pipeline.nomenclature import BANDS
 from crop2seg_pipeline.store import CODECS, DEFAULT_CODEC
 
@@ -35,7 +36,8 @@ def _ds(path: str):
 def raw_chunk(paths: list[dict], offsets: list[int], out: str, index0: int, r0: int, c0: int, n_rows: int,
               n_cols: int, p: int) -> int:
     """Read one chunk's windows straight from the files and write its patches."""
-    with rasterio.Env(**GDAL_OPTIONS):  # the pipeline's GDAL settings (block cache, no VSI cache)
+    tune_malloc()  # the pipeline's malloc and GDAL settings (block cache, no VSI cache)
+    with rasterio.Env(**GDAL_OPTIONS):
         return _raw_chunk(paths, offsets, out, index0, r0, c0, n_rows, n_cols, p)
 
 

@@ -30,7 +30,7 @@ import torch
 from crop2seg_pipeline.dataset import PatchDataset
 from crop2seg_pipeline.device import resolve_device
 from crop2seg_pipeline.loss import class_weights, weighted_cross_entropy
-from crop2seg_pipeline.malloc import tune_malloc_for_torch
+from crop2seg_pipeline.malloc import tune_malloc
 from crop2seg_pipeline.models import build_model
 from crop2seg_pipeline.nomenclature import BANDS, CLASS_NAMES, N_CLASSES
 from crop2seg_pipeline.store import create_skeleton, finalize, read_attrs, write_patches
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", default="benchmark-train.json", help="result file")
     args = ap.parse_args(argv)
-    tune_malloc_for_torch()  # as crop2seg-train does
+    tune_malloc()  # as crop2seg-train does
 
     device = resolve_device(args.device)
     tmp = None

@@ -35,7 +35,7 @@ from .errors import Crop2SegError, StoreError
 from .kernels.dates import DATE_ENCODINGS, DEFAULT_DATE_ENCODING
 from .kernels.metrics import REGIONS, confusion_matrix, metrics_from_confusion, region_mask
 from .loss import weighted_cross_entropy
-from .malloc import tune_malloc_for_torch
+from .malloc import tune_malloc
 from .models import CheckpointError, load_model
 from .nomenclature import CLASS_NAMES, N_CLASSES, NOT_CLASSIFIED
 from .store import open_store
@@ -231,7 +231,7 @@ def evaluate(
     dev = resolve_device(device)
     ds = open_store(dataset_store)
     bands = [str(b) for b in ds["band"].values]
-    tune_malloc_for_torch()  # batch tensors from the heap, not fresh mmaps (see .malloc)
+    tune_malloc()  # batch tensors from the heap, not fresh mmaps (see .malloc)
     model = load_model(weights_dir, device=dev, expect_bands=bands, expect_classes=N_CLASSES)
     meta = model.meta
     norm = meta.get("normalization") or {}

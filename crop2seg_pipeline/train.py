@@ -61,7 +61,7 @@ from .evaluate import confusion_over
 from .kernels.dates import DATE_ENCODINGS
 from .kernels.metrics import metrics_from_confusion
 from .loss import weighted_cross_entropy
-from .malloc import tune_malloc_for_torch
+from .malloc import tune_malloc
 from .models import (
     CheckpointError,
     build_model,
@@ -598,7 +598,7 @@ def train(
                               val_tiles=val_tiles, class_map=class_map, train_folds=train_folds,
                               val_folds=val_folds, say=say)
 
-    tune_malloc_for_torch()  # batch tensors from the heap, not fresh mmaps (values unchanged)
+    tune_malloc()  # batch tensors from the heap, not fresh mmaps (values unchanged)
     net = build_network(model, data, seed)
     if finetune is not None and not (out / LAST_FILE).exists():
         _finetune_into(net, finetune, say)

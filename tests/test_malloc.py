@@ -10,7 +10,7 @@ PROBE = textwrap.dedent(
     """
     import ctypes, sys
     import numpy as np
-    from crop2seg_pipeline.malloc import malloc_tuned, tune_malloc_for_torch
+    from crop2seg_pipeline.malloc import malloc_tuned, tune_malloc
 
     class MallInfo2(ctypes.Structure):  # glibc >= 2.33
         _fields_ = [(n, ctypes.c_size_t) for n in
@@ -19,7 +19,7 @@ PROBE = textwrap.dedent(
 
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = MallInfo2
-    ok = tune_malloc_for_torch() if sys.argv[1] == "tune" else False
+    ok = tune_malloc() if sys.argv[1] == "tune" else False
     before = libc.mallinfo2().hblkhd
     a = np.ones(200 * 2**20, dtype=np.uint8)  # 200 MB
     during = libc.mallinfo2().hblkhd
@@ -52,14 +52,14 @@ def test_tuning_is_a_no_op_without_glibc(monkeypatch):
 
     monkeypatch.setattr(m, "_tuned", False)
     monkeypatch.setattr(m.sys, "platform", "darwin")
-    assert m.tune_malloc_for_torch() is False and m.malloc_tuned() is False
+    assert m.tune_malloc() is False and m.malloc_tuned() is False
 
 
 def test_large_arrays_come_from_the_heap_once_tuned():
     if not (sys.platform.startswith("linux") and _glibc()):  # macOS, Windows, musl: nothing to tune
-        from crop2seg_pipeline.malloc import tune_malloc_for_torch
+        from crop2seg_pipeline.malloc import tune_malloc
 
-        assert tune_malloc_for_torch() is False
+        assert tune_malloc() is False
         return
     # the Dask nanny's MALLOC_TRIM_THRESHOLD_ freezes the 128 kB mmap threshold: 200 MB is mmapped
     assert _probe("plain") == (0, 0, 200)

@@ -22,6 +22,7 @@ from ..blocks import CubeSource, read_block, read_scl
 from ..interrupts import hold_point
 from ..kernels.patches import Moments, patch_class_counts, patch_fraction, patch_mask, patch_views
 from ..kernels.s2 import clear_mask
+from ..malloc import tune_malloc
 from ..store import write_marker, write_patches
 
 __all__ = ["chunk_windows", "pass1_chunk", "pass2_chunk", "pass1_tasks", "shared", "MOMENTS_STEP"]
@@ -108,6 +109,7 @@ def pass2_chunk(
         whether it is in the train split (its pixels feed the normalization moments).
     """
     hold_point("pass2")  # the tests' hook (a no-op unless CROP2SEG_TEST_HOLD_AT names it)
+    tune_malloc()  # blocks from the heap, reused chunk after chunk (crop2seg_pipeline.malloc)
     s2, scl = read_block(src, window, dates, scl=True)
     # patches written from views of the block (zarr makes each chunk contiguous as it encodes it)
     write_patches(store, index, patch_views(s2, rows, cols, patch_size), patch_views(label, rows, cols, patch_size),

@@ -12,7 +12,7 @@ import threading
 from collections import Counter
 from typing import Any
 
-from ..malloc import tune_malloc_for_torch
+from ..malloc import tune_malloc
 from ..models.spec import ModelSpec
 
 __all__ = ["cached_model", "model_loads", "resolve_device"]
@@ -60,7 +60,7 @@ def cached_model(spec: ModelSpec, device: str):
             threads = _worker_threads()
             if threads and torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
-            tune_malloc_for_torch()  # large tensors from the heap, not fresh mmaps (see .malloc)
+            tune_malloc()  # large tensors from the heap, not fresh mmaps (see .malloc)
             model = load_model(spec.weights_dir, dev)
             for old in [k for k in _MODELS if k[:2] == key[:2]]:  # weights replaced since
                 del _MODELS[old]

@@ -10,7 +10,9 @@
 #   - a held-out validation scene (seed 106, another tile and year, its own store) that picks
 #     the best epoch (--val-dataset): never trained on;
 #   - utae-small with the default temporal augmentation (random date subsets, shifts, jitter,
-#     cloudy dates dropped), dates as days since the September 1st before the first date.
+#     cloudy dates dropped), dates as the day of the year (--date-encoding doy): the scenes'
+#     seasons are 2018/19 .. 2023/24, and "days" counts from ONE reference date (2018-09-01 here),
+#     so every season would sit at other positions (see docs/demo-weights.md).
 # The benchmark scenes of benchmarks/generalization.py (seeds 201-206) and the test scenes
 # (tests/test_generalization.py) use other seeds, tiles and date counts.
 #
@@ -47,7 +49,8 @@ crop2seg-build-dataset --items "$H/items.json" --parcels "$H/parcels.gpkg" --map
 
 # 3. train; the held-out scene picks the best epoch
 crop2seg-train --dataset train.zarr --val-dataset heldout.zarr --out runs/utae-small \
-    --model utae-small --epochs 12 --batch-size 2 --lr 3e-3 --lr-schedule cosine --seed 0 --device cpu
+    --model utae-small --epochs 12 --batch-size 2 --lr 3e-3 --lr-schedule cosine --seed 0 --device cpu \
+    --date-encoding doy
 
 # 4. ship weights.pt + model.json (not last.pt) inside the package
 DEST="$REPO/crop2seg_pipeline/data/demo_weights"

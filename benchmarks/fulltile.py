@@ -223,6 +223,7 @@ def main() -> None:
                 t0 = now()
                 client.gather(client.compute(tasks))
                 result["raw_s"] = now() - t0
+            result["raw_load_avg"] = os.getloadavg()  # (1, 5, 15 min) at its end: how shared the cores were
             result["raw_total_peak_mb"] = mem.total_peak / 2**20
             print(f"raw I/O: {result['raw_s']:.0f} s, all processes peak {result['raw_total_peak_mb']:.0f} MB", flush=True)
             shutil.rmtree(stores["raw"], ignore_errors=True)
@@ -239,6 +240,7 @@ def main() -> None:
             summary = build_dataset(items, work / f"tile-{a.dates}d" / "parcels.gpkg", stores["pipeline"], client=client,
                                     min_crop_cover=0.0, chunksize=a.chunksize, progress=progress)
             result["pipeline_s"] = now() - t0
+            result["pipeline_load_avg"] = os.getloadavg()
         starts = {label: next(t for m, t in marks if m.startswith(label)) for label in ("pass 1/2", "pass 2/2")}
         passes["before pass 1 (plan, parcels)"] = starts["pass 1/2"] - t0
         passes["pass 1 + skeleton"] = starts["pass 2/2"] - starts["pass 1/2"]
@@ -272,6 +274,8 @@ def main() -> None:
     if "ratio" in result:
         print(f"\npipeline / raw-I/O throughput: {result['ratio']:.2f}; {result['patches']} patches, "
               f"store {result['store_gb']:.1f} GB")
+    print("load average (1/5/15 min) at the end of raw I/O: "
+          f"{result.get('raw_load_avg')}, of the pipeline: {result['pipeline_load_avg']} on {os.cpu_count()} CPUs")
     write_json(a.out, result)
 
 

@@ -31,10 +31,12 @@ from crop2seg_pipeline.demo import make_demo_scene
 from crop2seg_pipeline.evaluate import evaluate
 from crop2seg_pipeline.train import train
 
-SCENES = {  # name: (seed, dates, split shares)
-    "train": (0, 24, (1.0, 0.0, 0.0)),
-    "held-out": (7, 14, (0.0, 0.0, 1.0)),
-    "test": (11, 10, (0.0, 0.0, 1.0)),
+SCENES = {  # name: (seed, dates); every patch of each store in its "train" split (a build needs one):
+    # the held-out and test stores are never trained on, --val-dataset and the final evaluation
+    # take all their patches
+    "train": (0, 24),
+    "held-out": (7, 14),
+    "test": (11, 10),
 }
 RUNS = {  # name: (temporal augmentation, date encoding)
     "no temporal augmentation": (NO_TEMPORAL, "days"),
@@ -44,11 +46,11 @@ RUNS = {  # name: (temporal augmentation, date encoding)
 
 
 def build_store(work: Path, name: str, size: int, patch: int) -> Path:
-    seed, n_dates, split = SCENES[name]
+    seed, n_dates = SCENES[name]
     scene = make_demo_scene(work / f"scene-{name}", size=size, n_dates=n_dates, seed=seed)
     out = work / f"{name}-{patch}px.zarr"
     if not out.exists():
-        build_dataset(scene.items, scene.parcels, str(out), mapping=str(scene.mapping), split=split,
+        build_dataset(scene.items, scene.parcels, str(out), mapping=str(scene.mapping), split=(1.0, 0.0, 0.0),
                       patch_size=patch, chunksize=max(1, 256 // patch) * patch, min_crop_cover=0.0,
                       progress=lambda m: None)
     return out
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
                   lr=args.lr, lr_schedule="cosine", device="cpu", seed=args.seed, num_workers=0,
                   temporal_augment=temporal, date_encoding=encoding, val_datasets=[stores["held-out"]],
                   progress=lambda m: print("   ", m, flush=True))
-        test = evaluate(stores["test"], out, split="test", device="cpu", progress=lambda m: None)
+        test = evaluate(stores["test"], out, split="train", device="cpu", progress=lambda m: None)
         results.append({
             "run": name, "temporal_augment": temporal.to_json() if temporal.active else None,
             "date_encoding": encoding, "epochs": s["epochs"], "best_epoch": s["best_epoch"],

@@ -10,6 +10,7 @@ from .cli.cluster import cluster_cmd
 from .cli.demo import demo_scene_cmd
 from .cli.download import download_cmd
 from .cli.evaluate import evaluate_cmd
+from .cli.merge_scenes import merge_scenes_cmd
 from .cli.export_pastis import export_pastis_cmd
 from .cli.predict import predict_cmd
 from .cli.report import report_cmd
@@ -35,6 +36,7 @@ main.add_command(index_safe_cmd, "index-safe")
 main.add_command(app_cmd, "app")
 main.add_command(report_cmd, "report")
 main.add_command(export_pastis_cmd, "export-pastis")
+main.add_command(merge_scenes_cmd, "merge-scenes")
 
 if __name__ == "__main__":
     main()

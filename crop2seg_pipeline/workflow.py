@@ -48,6 +48,7 @@ COMMANDS: dict[str, dict[str, Any]] = {
     "evaluate": {"section": "evaluate", "shared": []},
     "demo-scene": {"section": "demo_scene", "shared": []},
     "export-pastis": {"section": "export_pastis", "shared": []},
+    "merge-scenes": {"section": None, "shared": []},
     "cluster": {"section": None, "shared": [], "rename": {"cluster": "spec"}},
     "search": {"section": "search", "shared": ["bbox", "start", "end"]},
     "download": {"section": "download", "shared": ["cluster", "items", "bbox", "bbox_crs"]},

@@ -238,8 +238,11 @@ def bad_weights(tmp_path):
     return w
 
 
+#: The demo weights' window (model.json patch_size): an overlap must stay below it.
+WINDOW = json.loads((default_demo_weights() / "model.json").read_text())["patch_size"]
+
 PREDICT_CASES = {
-    "overlap_not_below_the_window": (["--overlap", 128], 1, "--overlap must be in [0, 127] px"),
+    "overlap_not_below_the_window": (["--overlap", WINDOW], 1, f"--overlap must be in [0, {WINDOW - 1}] px"),
     "malformed_start_date": (["--start", "01/02/2022"], 1, "--start: expected a date YYYY-MM-DD, got '01/02/2022'"),
     "bbox_minx_above_maxx": (["--bbox", "15.19,49.47,15.17,49.49"], 1, "minx 15.19 is not below maxx 15.17"),
     "unknown_bbox_crs": (["--bbox", "1,2,3,4", "--bbox-crs", "nonsense"], 1, "--bbox-crs: unknown coordinate reference system"),
@@ -431,7 +434,7 @@ def test_every_option_named_in_a_message_exists():
     known = {o for cmd in main.commands.values() for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
     known |= {"--help", "--workflow"}
     # options of other programs named in advice and specs (dask scheduler --port, dask worker
-    # --lifetime), not ours
+    # --lifetime; Crop2Seg's --use_doy, matched as --use), not ours
     foreign = {"--port", "--lifetime", "--lifetime-stagger"}
     root = Path(crop2seg_pipeline.__file__).parent
     named: dict[str, set[str]] = {}

@@ -22,6 +22,7 @@ import pandas as pd
 import shapely
 from pyproj import CRS, Transformer
 
+from . import storage
 from .errors import CRSError, ParcelError, ReadError
 from .mapping import MISSING_CODE, CropMapping, normalize_codes
 from .nomenclature import NOT_CLASSIFIED
@@ -320,6 +321,11 @@ def read_parcels(
         intersects ``bbox``.
     """
     path = os.fspath(path)
+    if storage.is_url(path) and storage.protocol(path) not in ("http", "https"):
+        # s3://, gs://...: a local copy for OGR (single-file formats: GPKG, GeoJSON, FlatGeobuf, GeoParquet)
+        with storage.local_copy(path) as local:
+            return read_parcels(local, id_column=id_column, crop_column=crop_column, layer=layer, mapping=mapping,
+                                target_crs=target_crs, bbox=bbox)
     mapping = CropMapping.read() if mapping is None else mapping
     info = _inspect_source(path, layer)
     out_crs = _output_crs(path, info, layer, target_crs)

@@ -151,7 +151,9 @@ def command(interrupted: str | None = None, **kwargs) -> Callable:
 
 def fail(e: Exception) -> click.ClickException:
     """A package error as the ClickException the user sees (message only, exit 1)."""
-    return click.ClickException(str(e))
+    from ..storage import redact
+
+    return click.ClickException(redact(str(e)))
 
 
 CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}

@@ -57,6 +57,7 @@ from .checks import (check_bbox, check_dates, check_fraction, check_patch_size, 
                      check_target_crs)
 from .interrupts import pause_point
 from .locks import writer_lock
+from .sharedfs import check_shared_filesystem, local_folder
 from .store import (CODECS, DEFAULT_CODEC, clear_store, create_skeleton, finalize, prepare_target, read_attrs,
                     read_markers, write_json_atomic)
 
@@ -300,6 +301,10 @@ def build_dataset(
     with writer_lock(cfg.out, LOCK_HOLDER, "patch store"):
         # 1. inputs, checked before anything is written (under the lock: nobody else writes the store)
         plan = plan or plan_build(cfg, overwrite)
+        # the workers write the store and read the assets: they must see the client's local paths
+        check_shared_filesystem(client, cfg.out, "--out")
+        check_shared_filesystem(client, local_folder(a["href"] for it in plan.selected for a in it["assets"].values()),
+                                "--items")
         return _build(plan, client, say, t_start)
 
 
@@ -475,7 +480,7 @@ def _pass2_tasks(tiles: list[_Tile], patches: pd.DataFrame, cfg: BuildConfig, do
                 continue
             tasks.append(dask.delayed(pass2_chunk)(
                 src, t.windows[(by, bx)], dates, lab[by, bx], pid[by, bx],
-                store=str(cfg.out), key=key, index=index, rows=grp["li"].tolist(), cols=grp["lj"].tolist(),
+                store=cfg.out if storage.is_url(cfg.out) else os.path.abspath(cfg.out), key=key, index=index, rows=grp["li"].tolist(), cols=grp["lj"].tolist(),
                 train=(grp["split"] == "train").tolist(), patch_size=cfg.patch_size, unclear=tuple(cfg.unclear_scl),
                 dask_key_name=f"write-{key}-{fingerprint[:8]}",
             ))

@@ -67,6 +67,7 @@ from .kernels.dates import date_positions
 from .kernels.windows import classes_of, confidence_of
 from .locks import writer_lock
 from .manifest import OutputFolder
+from .sharedfs import check_shared_filesystem, local_folder
 from .models.spec import ModelSpec, read_model_spec
 from .predict_outputs import PredictExtras
 
@@ -555,6 +556,11 @@ def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start
     out = folder.folder
     chunksize, overlap, batch_size, device = plan.chunksize, plan.overlap, plan.batch_size, plan.device
     nothing = f"Nothing final was written to {out}; fix the cause and run again."
+    # the workers read the weights and the assets (and write the probability store): they must see these paths
+    check_shared_filesystem(client, spec.weights_dir, "--weights")
+    check_shared_filesystem(client, local_folder(r.href for refs in src.refs for r in refs.values()), "--items")
+    if plan.probabilities:
+        check_shared_filesystem(client, out, "--out")
 
     # 2. dates with clear sky (SCL only); chunks small enough that every worker thread has work
     chunksize = work_chunksize(grid.height, grid.width, chunksize, spec.patch_size, _threads(client))

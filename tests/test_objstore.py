@@ -148,3 +148,95 @@ def test_interrupted_s3_build_resumes_and_equals_clean_build(s3, scene_urls, sma
     assert "taking over the lock" in res.stderr
     assert int(re.search(r"(\d+) already done", res.stdout).group(1)) > 0 and "resuming" in res.stderr
     assert_same_store(local_build, out)
+
+
+# ----------------------------------------------------------------------------- no shared filesystem
+
+
+@pytest.fixture
+def remote_workers(s3, tmp_path):
+    """A real ``dask scheduler`` and two ``dask worker`` processes that do not share the client's
+    filesystem where the client writes: each worker runs in a mount namespace of its own
+    (``unshare -m``) with an empty tmpfs mounted over the client's ``client-side`` folder, in a
+    working directory, HOME and TMPDIR of its own. Like a worker on another machine, it finds a
+    folder at that path, with other contents. Yields (scheduler address, client-side folder)."""
+    from processes import wait_for_scheduler_file
+
+    client_side = tmp_path / "client-side"
+    client_side.mkdir()
+    (client_side / "notes.txt").write_text("the client's own file\n")
+    sched_file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+         "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        address = wait_for_scheduler_file(sched_file, procs[0])
+        for k in range(2):
+            home = tmp_path / f"worker-{k}"
+            (home / "tmp").mkdir(parents=True)
+            worker = (f"mount -t tmpfs none {client_side} && cd {home} && exec {sys.executable} -m "
+                      f"distributed.cli.dask_worker {address} --nworkers 1 --nthreads 1 --memory-limit 2GB "
+                      f"--no-dashboard --local-directory {home / 'tmp'}")
+            procs.append(subprocess.Popen(
+                ["unshare", "-m", "--propagation", "private", "sh", "-c", worker], cwd=home,
+                env={**os.environ, **s3.env("writer"), "HOME": str(home), "TMPDIR": str(home / "tmp")},
+                stdout=(home / "worker.log").open("w"), stderr=subprocess.STDOUT))
+        with Client(address) as c:
+            c.wait_for_workers(2, timeout=DEADLINE_S)
+            # the workers really do not see the client's folder (what the probe must find out)
+            assert list(c.run(os.listdir, str(client_side)).values()) == [[], []]
+        yield address, client_side
+    finally:
+        for p in reversed(procs):  # the workers, then the scheduler
+            p.terminate()
+            try:
+                p.wait(timeout=DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _cli(args: list[str]):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_workers_without_the_clients_filesystem_refuse_a_local_out_and_write_an_s3_one(
+        s3, scene_urls, small_scene, local_build, remote_workers):
+    address, client_side = remote_workers
+    items, parcels = scene_urls
+    before = sorted(p.name for p in client_side.iterdir())
+    local_out = client_side / "store.zarr"
+    res = _cli([*_cli_args(items, parcels, small_scene.mapping, local_out)[:-2], "--cluster", address])
+    assert res.exit_code == 1, res.output
+    assert "do not see this machine's" in res.output and "object-store URL" in res.output, res.output
+    assert "Traceback" not in res.output
+    assert sorted(p.name for p in client_side.iterdir()) == before  # nothing left: no store, no lock, no probe
+
+    out = f"s3://{s3.bucket}/stores/remote-workers.zarr"
+    res = _cli([*_cli_args(items, parcels, small_scene.mapping, out)[:-2], "--cluster", address])
+    assert res.exit_code == 0, res.output
+    assert_same_store(local_build, out)
+
+
+# ----------------------------------------------------------------------------- bad object-store locations
+
+
+@pytest.mark.parametrize("case", ["wrong-credentials", "missing-bucket", "read-only"])
+def test_bad_s3_out_is_refused_before_anything_starts(s3, scene_urls, small_scene, case, monkeypatch):
+    items, parcels = scene_urls
+    bucket = "no-such-bucket" if case == "missing-bucket" else s3.bucket
+    out = f"s3://{bucket}/stores/{case}.zarr"
+    user = {"wrong-credentials": "nobody", "read-only": "reader"}.get(case, "writer")
+    for k, v in s3.env(user).items():
+        monkeypatch.setenv(k, v)
+    before = s3.keys_under("")
+    res = _cli(_cli_args(items, parcels, small_scene.mapping, out))
+    assert res.exit_code == 1, res.output
+    assert out in res.output and "Traceback" not in res.output, res.output
+    assert "local Dask cluster" not in res.output and "Dask dashboard" not in res.output
+    expected = {"wrong-credentials": "refused the credentials", "missing-bucket": "does not exist: create it",
+                "read-only": "no permission to write"}[case]
+    assert expected in res.output, res.output
+    assert s3.keys[user][1] not in res.output  # never a secret in a message
+    assert s3.keys_under("") == before  # nothing written anywhere

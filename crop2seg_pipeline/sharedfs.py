@@ -100,7 +100,7 @@ def check_shared_filesystem(client: Any, locations: Iterable[Any], option: str =
             marker.unlink(missing_ok=True)
         blind = sorted(w for w, ok in seen.items() if not ok)
         if blind:
-            what = "writes" if option == "--out" else "reads"
+            what = "write" if option == "--out" else "read"
             raise SharedFilesystemError(
                 f"{option} {location} is a local path the workers {what}, but {len(blind)} of the cluster's {len(seen)} workers "
                 f"({', '.join(blind[:3])}{', ...' if len(blind) > 3 else ''}) do not see this machine's "

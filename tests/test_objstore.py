@@ -240,3 +240,58 @@ def test_bad_s3_out_is_refused_before_anything_starts(s3, scene_urls, small_scen
     assert expected in res.output, res.output
     assert s3.keys[user][1] not in res.output  # never a secret in a message
     assert s3.keys_under("") == before  # nothing written anywhere
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def test_predict_to_s3_uploads_valid_cogs_and_parcels_equal_to_a_local_prediction(s3, scene_urls, small_scene,
+                                                                                     cluster, tmp_path):
+    import geopandas as gpd
+    import rasterio
+
+    from crop2seg_pipeline.manifest import MANIFEST
+    from rio_cogeo.cogeo import cog_validate
+
+    from crop2seg_pipeline.predict import default_demo_weights, predict
+
+    items, parcels = scene_urls
+    opts = dict(mapping=small_scene.mapping, overlap=16, batch_size=4, chunksize=128, progress=lambda m: None)
+    local = predict(small_scene.items, default_demo_weights(), tmp_path / "local", parcels=small_scene.parcels, **opts)
+    out = f"s3://{s3.bucket}/predictions/demo"
+    summary = predict(items, default_demo_weights(), out, parcels=parcels, client=cluster, **opts)
+    assert summary.out_dir == out and summary.files["classes"] == f"{out}/classes.tif"
+    keys = {k.rpartition("/")[2] for k in s3.keys_under("predictions/demo/")}
+    assert set(local.files.values()) and keys == {Path(p).name for p in local.files.values()} | {"classes.tif.aux.xml"}
+    assert not any(k.startswith(".") for k in keys)  # no temporary names, no lock left
+    manifest = json.loads(s3.client().get_object(Bucket=s3.bucket, Key=f"predictions/demo/{MANIFEST}")["Body"].read())
+    assert manifest["complete"] is True and set(manifest["files"]) == keys - {MANIFEST}
+    with rasterio.Env(**storage.gdal_s3_options()):  # read back through GDAL's /vsis3/
+        for name in ("classes.tif", "confidence.tif"):
+            remote = f"/vsis3/{s3.bucket}/predictions/demo/{name}"
+            valid, errors, _ = cog_validate(remote, strict=True)  # rio-cogeo, reading over HTTP from the bucket
+            assert valid and not errors, (name, errors)
+            with rasterio.open(remote) as r, rasterio.open(tmp_path / "local" / name) as l:
+                assert r.profile == l.profile
+                np.testing.assert_array_equal(r.read(), l.read(), err_msg=name)
+    with storage.local_copy(f"{out}/parcels.gpkg") as copy:
+        remote_parcels = gpd.read_file(copy, layer="parcels")
+    local_parcels = gpd.read_file(tmp_path / "local" / "parcels.gpkg", layer="parcels")
+    assert len(remote_parcels) == len(local_parcels) > 0
+    assert remote_parcels.drop(columns="geometry").equals(local_parcels.drop(columns="geometry"))
+    assert remote_parcels.geometry.geom_equals(local_parcels.geometry).all()
+
+
+def test_predict_to_s3_refuses_objects_it_did_not_write(s3, scene_urls, small_scene):
+    from crop2seg_pipeline.manifest import OutputConflict
+    from crop2seg_pipeline.predict import default_demo_weights, predict
+
+    items, _ = scene_urls
+    s3.client().put_object(Bucket=s3.bucket, Key="predictions/theirs/classes.tif", Body=b"the user's own file")
+    before = s3.keys_under("predictions/theirs/")
+    with pytest.raises(OutputConflict, match="classes.tif .not written by crop2seg"):
+        predict(items, default_demo_weights(), f"s3://{s3.bucket}/predictions/theirs", chunksize=128,
+                progress=lambda m: None)
+    assert s3.keys_under("predictions/theirs/") == before
+    body = s3.client().get_object(Bucket=s3.bucket, Key="predictions/theirs/classes.tif")["Body"].read()
+    assert body == b"the user's own file"

@@ -455,6 +455,8 @@ def plan_prediction(
     check_arguments(bbox=bbox, bbox_crs=bbox_crs, start=start, end=end, epsg=epsg, antimeridian=antimeridian,
                     overlap=overlap, batch_size=batch_size, chunksize=chunksize, out_dir=out_dir,
                     min_polygon_area=min_polygon_area)
+    if storage.is_url(weights_dir):  # downloaded once into the local cache
+        weights_dir = storage.cached_copy(str(weights_dir))
     spec = read_model_spec(weights_dir)
     selected = select_items(normalize_items(items, bands=spec.bands), bbox=bbox, bbox_crs=bbox_crs, start=start,
                             end=end, antimeridian=antimeridian)

@@ -44,7 +44,7 @@ from .errors import Crop2SegError
 __all__ = [
     "StorageError", "is_url", "protocol", "join", "parent", "basename", "filesystem", "zarr_store", "exists",
     "isdir", "listdir", "read_bytes", "write_bytes", "create_exclusive", "delete", "rmtree", "upload",
-    "download", "local_copy", "file_version", "gdal_s3_options", "redact", "storage_errors", "check_reachable",
+    "download", "local_copy", "file_version", "absolute", "cached_copy", "gdal_s3_options", "redact", "storage_errors", "check_reachable",
 ]
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*)://")
@@ -137,15 +137,27 @@ def filesystem(url: str) -> tuple[Any, str]:
     return fs, fs._strip_protocol(url)
 
 
-def zarr_store(location: Any, read_only: bool = False) -> Any:
+def zarr_store(location: Any, read_only: bool = False, cache: str | os.PathLike | None = None) -> Any:
     """What ``zarr.open_group`` / ``xarray.open_zarr`` / ``to_zarr`` take for ``location``: the
-    local path itself, or an :class:`~zarr.storage.FsspecStore` on the URL."""
+    local path itself, or an :class:`~zarr.storage.FsspecStore` on the URL.
+
+    ``cache`` (a local folder, URLs read-only): every object read is kept there (fsspec's
+    ``simplecache``) and later reads of it come from the local copy."""
     if not is_url(location):
         return _local(location)
     from zarr.storage import FsspecStore
 
-    opts = _fs_options(protocol(location))
-    return FsspecStore.from_url(location, storage_options=opts, read_only=read_only)
+    proto = protocol(location)
+    if cache is not None and read_only:
+        import fsspec
+        from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        inner = fsspec.filesystem(proto, **_fs_options(proto))
+        cached = fsspec.filesystem("simplecache", fs=inner, cache_storage=str(cache), skip_instance_cache=True)
+        fs = AsyncFileSystemWrapper(cached, asynchronous=True)
+        return FsspecStore(fs, path=inner._strip_protocol(location), read_only=True)
+    return FsspecStore.from_url(location, storage_options=_fs_options(proto), read_only=read_only)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -412,3 +424,46 @@ def local_copy(url: str) -> Iterator[str]:
         local = os.path.join(tmp, basename(url) or "file")
         download(url, local)
         yield local
+
+
+def absolute(location: Any) -> str:
+    """A URL as it is, a local path made absolute (to compare or record locations)."""
+    return str(location) if is_url(location) else str(Path(_local(location)).expanduser().resolve())
+
+
+def cached_copy(url: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """A local copy of the folder (or file) at ``url``, downloaded once: later calls reuse it
+    while the objects are unchanged (same names, sizes and ETags). For weights folders.
+
+    The copy lives under ``cache_dir`` (default ``$XDG_CACHE_HOME/crop2seg`` or
+    ``~/.cache/crop2seg``), in a folder named after a hash of the URL and the objects' versions;
+    it appears there whole (downloaded beside it, then renamed), never half."""
+    fs, path = filesystem(url)
+    with storage_errors(url):
+        if not fs.exists(path):
+            raise FileNotFoundError(f"{redact(url)} does not exist")
+        if fs.isdir(path):
+            found = fs.find(path, detail=True)
+            names = {k[len(path.rstrip("/")) + 1:]: v for k, v in found.items()}
+        else:
+            info = fs.info(path)
+            names = {basename(url): info}
+    versions = sorted((n, v.get("size"), str(v.get("ETag") or v.get("mtime") or "")) for n, v in names.items())
+    key = hashlib.sha256(repr((redact(url), versions)).encode()).hexdigest()[:24]
+    root = Path(cache_dir) if cache_dir else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "crop2seg"
+    target = root / "downloads" / f"{basename(url) or 'object'}-{key}"
+    if target.is_dir():
+        return str(target)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        tmp.mkdir(parents=True)
+        for name in names:
+            download(url if len(names) == 1 and not fs.isdir(path) else join(url, name), tmp / name)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished the same copy first
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)

@@ -295,3 +295,47 @@ def test_predict_to_s3_refuses_objects_it_did_not_write(s3, scene_urls, small_sc
     assert s3.keys_under("predictions/theirs/") == before
     body = s3.client().get_object(Bucket=s3.bucket, Key="predictions/theirs/classes.tif")["Body"].read()
     assert body == b"the user's own file"
+
+
+# ----------------------------------------------------------------------------- train and evaluate
+
+
+def test_train_and_evaluate_on_an_s3_store_equal_the_local_runs(s3, tmp_path, monkeypatch):
+    """The same seeded CPU run on a store in the bucket (read over fsspec, with a local chunk
+    cache) and on its local original: the same weights; evaluation from the bucket with weights
+    from the bucket (downloaded once): the same metrics, through the command line too."""
+    import torch
+    from patchstores import KW, make_store
+
+    from crop2seg_pipeline.evaluate import evaluate
+    from crop2seg_pipeline.train import train
+
+    local = make_store(tmp_path / "patches.zarr")
+    url = s3.upload_tree(local, "training/patches.zarr")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same reduction order in both runs
+    try:
+        a = train(local, tmp_path / "run-local", epochs=1, **KW)
+        b = train(url, tmp_path / "run-s3", epochs=1, dataset_cache=tmp_path / "cache", **KW)
+    finally:
+        torch.set_num_threads(threads)
+    assert a["history"][0]["loss"] == b["history"][0]["loss"]
+    wa = torch.load(tmp_path / "run-local" / "weights.pt", weights_only=True)
+    wb = torch.load(tmp_path / "run-s3" / "weights.pt", weights_only=True)
+    assert set(wa) == set(wb) and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert any((tmp_path / "cache").iterdir())  # chunks were cached locally
+    meta = json.loads((tmp_path / "run-s3" / "model.json").read_text())
+    assert meta["training"]["store"] == url
+
+    weights_url = s3.upload_tree(tmp_path / "run-local", "training/weights")
+    cache = tmp_path / "xdg"
+    m_local = evaluate(local, tmp_path / "run-local", split="test", device="cpu")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    m_s3 = evaluate(url, weights_url, split="test", device="cpu")
+    res = _cli(["evaluate", "--dataset", url, "--weights", weights_url, "--split", "test", "--device", "cpu",
+                "--out", tmp_path / "eval"])
+    assert res.exit_code == 0, res.output
+    assert len(list((cache / "crop2seg" / "downloads").iterdir())) == 1  # downloaded once, reused
+    for k in ("overall_accuracy", "miou", "macro_f1", "confusion_matrix", "per_class"):
+        assert m_s3[k] == m_local[k], k
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["miou"] == m_local["miou"]

@@ -22,7 +22,7 @@ DEMO_OUT = "prediction"
 @command(interrupted="nothing final was written (outputs appear when every chunk is done); run the same command again.")
 @workflow_option("predict")
 @click.option("--items", help="STAC ItemCollection JSON (path or URL: https://, s3://...). Default: the embedded demo scene.")
-@click.option("--weights", type=click.Path(), help="Weights folder (weights.pt + model.json). Default: the shipped demo weights.")
+@click.option("--weights", type=click.Path(), help="Weights folder (weights.pt + model.json), or its URL (s3://bucket/weights: downloaded once into ~/.cache/crop2seg). Default: the shipped demo weights.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder: a local path, or an object-store URL (s3://bucket/prediction: assembled in a local staging folder, uploaded when complete). Default with the demo: crop2seg-demo/prediction.")
 @click.option("--parcels", type=click.Path(dir_okay=False), help="LPIS parcels to score (GPKG, SHP, GeoJSON, FlatGeobuf, GeoParquet; any CRS): a path, or a URL of a single-file format (s3://...).")
 @click.option("--mapping", type=click.Path(dir_okay=False, exists=True), help="Crop code -> class id CSV. Default: the shipped Czech table.")

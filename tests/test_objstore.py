@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,11 +19,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from distributed import Client, LocalCluster
-from processes import DEADLINE_S, start_command
+from processes import DEADLINE_S, start_command, start_scheduler, stop_processes
 
 from crop2seg_pipeline import storage
 from crop2seg_pipeline.__main__ import main
 from crop2seg_pipeline.build import build_dataset
+from crop2seg_pipeline.items import normalize_items
 from crop2seg_pipeline.interrupts import HOLD_ENV, RESUME_ENV
 from crop2seg_pipeline.store import MARKER_DIR, open_store, read_attrs, store_state
 
@@ -112,6 +112,8 @@ def test_build_from_s3_items_into_s3_store_equals_local_build(s3, scene_urls, sm
     # the assets were read from the bucket, not from the local scene: the items name s3:// hrefs
     ds = open_store(out)
     assert ds.attrs["build_parameters"]["items"] == items
+    hrefs = [a["href"] for it in normalize_items(items) for a in it["assets"].values()]
+    assert hrefs and all(h.startswith(f"s3://{s3.bucket}/scene/S2/") for h in hrefs)
     # no secret anywhere in what was written
     secret = s3.keys["writer"][1]
     for k in keys:
@@ -120,10 +122,12 @@ def test_build_from_s3_items_into_s3_store_equals_local_build(s3, scene_urls, sm
             assert secret not in body, k
 
 
-def test_interrupted_s3_build_resumes_and_equals_clean_build(s3, scene_urls, small_scene, local_build, tmp_path):
-    """SIGKILL of the whole build (client and its worker processes: nothing cleans up, the lock
-    stays behind) once exactly two chunks are done (the hold hook stops each worker after one
-    pass-2 task); the same command again takes over the dead lock, resumes and equals a clean build."""
+def test_interrupted_s3_build_resumes_and_equals_clean_build(s3, scene_urls, small_scene, local_build, cluster,
+                                                             tmp_path, caplog):
+    """SIGKILL of the whole build command (client and its worker processes: nothing cleans up,
+    the lock stays behind) once exactly two chunks are done (the hold hook stops each worker
+    after one pass-2 task); the same build again takes over the dead lock, resumes and equals a
+    clean build."""
     items, parcels = scene_urls
     prefix = "stores/interrupted.zarr"
     out = f"s3://{s3.bucket}/{prefix}"
@@ -142,11 +146,10 @@ def test_interrupted_s3_build_resumes_and_equals_clean_build(s3, scene_urls, sma
     assert any(k.endswith(".crop2seg/lock.json") for k in s3.keys_under(prefix + "/"))  # left by the dead build
     assert read_attrs(out)["complete"] is False
 
-    res = subprocess.run([sys.executable, "-m", "crop2seg_pipeline", *args], capture_output=True, text=True,
-                         timeout=DEADLINE_S)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "taking over the lock" in res.stderr
-    assert int(re.search(r"(\d+) already done", res.stdout).group(1)) > 0 and "resuming" in res.stderr
+    with caplog.at_level("INFO", logger="crop2seg_pipeline"):
+        summary = build_dataset(items, parcels, out, mapping=small_scene.mapping, client=cluster, **OPTS)
+    assert "taking over the lock" in caplog.text and "resuming" in caplog.text
+    assert 0 < summary.n_resumed < summary.n_patches
     assert_same_store(local_build, out)
 
 
@@ -160,18 +163,12 @@ def remote_workers(s3, tmp_path):
     (``unshare -m``) with an empty tmpfs mounted over the client's ``client-side`` folder, in a
     working directory, HOME and TMPDIR of its own. Like a worker on another machine, it finds a
     folder at that path, with other contents. Yields (scheduler address, client-side folder)."""
-    from processes import wait_for_scheduler_file
-
     client_side = tmp_path / "client-side"
     client_side.mkdir()
     (client_side / "notes.txt").write_text("the client's own file\n")
-    sched_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-         "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    scheduler, address = start_scheduler(tmp_path / "scheduler.json")
+    procs = [scheduler]
     try:
-        address = wait_for_scheduler_file(sched_file, procs[0])
         for k in range(2):
             home = tmp_path / f"worker-{k}"
             (home / "tmp").mkdir(parents=True)
@@ -188,13 +185,7 @@ def remote_workers(s3, tmp_path):
             assert list(c.run(os.listdir, str(client_side)).values()) == [[], []]
         yield address, client_side
     finally:
-        for p in reversed(procs):  # the workers, then the scheduler
-            p.terminate()
-            try:
-                p.wait(timeout=DEADLINE_S)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs)  # the workers, then the scheduler
 
 
 def _cli(args: list[str]):

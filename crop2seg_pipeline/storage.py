@@ -26,6 +26,7 @@ if nothing is there (``O_EXCL``/hard link locally, a conditional ``PUT`` with
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import os
@@ -145,6 +146,37 @@ def zarr_store(location: Any, read_only: bool = False, cache: str | os.PathLike 
     ``simplecache``) and later reads of it come from the local copy."""
     if not is_url(location):
         return _local(location)
+    key = (location, read_only, None if cache is None else str(cache), _env_key())
+    with _FS_LOCK:
+        store = _STORES.get(key)
+        if store is None:
+            store = _STORES[key] = _new_zarr_store(location, read_only, cache)
+            if len(_STORES) == 1:
+                atexit.register(_close_stores)
+    return store
+
+
+#: zarr stores of this process (one client session per store URL, reused by every task)
+_STORES: dict[tuple, Any] = {}
+
+
+def _close_stores() -> None:
+    """Close the object-store sessions of this process's zarr stores (at exit: no 'unclosed
+    client session' warnings), on zarr's event loop, which is still running then."""
+    from zarr.core.sync import sync
+
+    for store in list(_STORES.values()):
+        fs = getattr(store.fs, "fs", store.fs)  # the wrapped filesystem of a cached store
+        creator = getattr(fs, "_s3creator", None)
+        if creator is not None:
+            try:
+                sync(creator.__aexit__(None, None, None), timeout=5)
+            except Exception:  # noqa: BLE001 (best effort at exit)
+                pass
+    _STORES.clear()
+
+
+def _new_zarr_store(location: str, read_only: bool, cache: str | os.PathLike | None) -> Any:
     from zarr.storage import FsspecStore
 
     proto = protocol(location)

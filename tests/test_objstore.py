@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -330,3 +331,17 @@ def test_train_and_evaluate_on_an_s3_store_equal_the_local_runs(s3, tmp_path, mo
     for k in ("overall_accuracy", "miou", "macro_f1", "confusion_matrix", "per_class"):
         assert m_s3[k] == m_local[k], k
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["miou"] == m_local["miou"]
+
+
+def test_bad_s3_items_and_parcels_name_the_url(s3, scene_urls):
+    from crop2seg_pipeline.errors import Crop2SegError
+    from crop2seg_pipeline.items import read_items
+    from crop2seg_pipeline.parcels import read_parcels
+
+    _, parcels = scene_urls
+    with pytest.raises(Crop2SegError, match="KOD_NOPE") as e:
+        read_parcels(parcels, crop_column="KOD_NOPE")
+    assert parcels in str(e.value) and "crop2seg-copy" not in str(e.value)
+    missing = f"s3://{s3.bucket}/scene/no-such-items.json"
+    with pytest.raises(Crop2SegError, match=re.escape(missing)):
+        read_items(missing)

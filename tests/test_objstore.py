@@ -345,3 +345,36 @@ def test_bad_s3_items_and_parcels_name_the_url(s3, scene_urls):
     missing = f"s3://{s3.bucket}/scene/no-such-items.json"
     with pytest.raises(Crop2SegError, match=re.escape(missing)):
         read_items(missing)
+
+
+# ----------------------------------------------------------------------------- the lock on the object store
+
+
+def test_s3_lock_is_a_conditional_put_and_a_live_holder_refuses_a_second_writer(s3):
+    """Create-only on the server (``If-None-Match: *``): a second create fails, whoever asks;
+    a lock held by a live process (here: the moto server's, on this host) refuses a writer and
+    is left as it was."""
+    import psutil
+
+    from crop2seg_pipeline.locks import LOCK_NAME, LockHeld, LockInfo, WriterLock
+
+    url = f"s3://{s3.bucket}/locks/a.json"
+    assert storage.create_exclusive(url, b"first") is True
+    assert storage.create_exclusive(url, b"second") is False
+    assert storage.read_bytes(url) == b"first"
+
+    folder = f"s3://{s3.bucket}/locks/store.zarr"
+    pid = s3.proc.pid
+    other = LockInfo(holder="crop2seg-build-dataset", host=LockInfo.mine("x").host, pid=pid,
+                     pid_started=psutil.Process(pid).create_time(), started="2026-12-01T08:40:00+00:00",
+                     token="0" * 32)
+    assert storage.create_exclusive(f"{folder}/{LOCK_NAME}", other.to_bytes())
+    with pytest.raises(LockHeld, match=f"being written by crop2seg-build-dataset .pid {pid}"):
+        WriterLock(folder, "crop2seg-build-dataset", "patch store").acquire()
+    assert storage.read_bytes(f"{folder}/{LOCK_NAME}") == other.to_bytes()
+    # released by its holder: a new writer gets it, and releases it again
+    storage.delete(f"{folder}/{LOCK_NAME}")
+    lock = WriterLock(folder, "crop2seg-build-dataset", "patch store").acquire()
+    assert LockInfo.parse(storage.read_bytes(f"{folder}/{LOCK_NAME}")).token == lock.info.token
+    lock.release()
+    assert storage.read_bytes(f"{folder}/{LOCK_NAME}") is None

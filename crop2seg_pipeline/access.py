@@ -30,7 +30,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
 import threading
 import time
 import urllib.error
@@ -39,6 +38,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from . import storage
 from .errors import Crop2SegError
 
 __all__ = ["AccessError", "SigningConfig", "Signer", "resolve_href", "redact", "gdal_options", "invalidate_tokens"]
@@ -220,7 +220,7 @@ def resolve_href(href: str, asset: Mapping | None = None) -> str:
     """
     if href.startswith("s3://"):
         bucket = href[5:].split("/", 1)[0]
-        if bucket == "eodata" and not os.environ.get("AWS_S3_ENDPOINT"):
+        if bucket == "eodata" and not (os.environ.get("AWS_S3_ENDPOINT") or storage.gdal_s3_options()):
             raise AccessError(
                 f"{href!r} is in the Copernicus Data Space bucket 'eodata': set AWS_S3_ENDPOINT="
                 "eodata.dataspace.copernicus.eu, AWS_VIRTUAL_HOSTING=FALSE and your CDSE S3 keys in "
@@ -235,15 +235,19 @@ def resolve_href(href: str, asset: Mapping | None = None) -> str:
 
 
 def gdal_options(href: str) -> dict[str, str]:
-    """GDAL configuration options to open ``href`` with (none are secrets; credentials stay in the environment)."""
-    if href.startswith(("s3://eodata/", "/vsis3/eodata/")):
-        return {"AWS_VIRTUAL_HOSTING": os.environ.get("AWS_VIRTUAL_HOSTING", "FALSE")}
+    """GDAL configuration options to open ``href`` with (none are secrets; credentials stay in the environment).
+
+    ``s3://`` hrefs get the endpoint of a boto-style ``AWS_ENDPOINT_URL`` translated for GDAL
+    (:func:`crop2seg_pipeline.storage.gdal_s3_options`: an S3-compatible server, MinIO, a loopback one)."""
+    if href.startswith(("s3://", "/vsis3/")):
+        opts = storage.gdal_s3_options()
+        if href.startswith(("s3://eodata/", "/vsis3/eodata/")):
+            opts.setdefault("AWS_VIRTUAL_HOSTING", os.environ.get("AWS_VIRTUAL_HOSTING", "FALSE"))
+        return opts
     return {}
 
 
-_URL_QUERY = re.compile(r"(https?://[^\s'\"?]+)\?[^\s'\"]*")
-
-
 def redact(text: str) -> str:
-    """``text`` with the query string of every URL removed (where SAS tokens live)."""
-    return _URL_QUERY.sub(lambda m: m.group(1) + "?<redacted>", text)
+    """``text`` without credentials: the query string of every URL (where SAS tokens live), a URL's
+    ``user:password@`` and the environment's secrets (:func:`crop2seg_pipeline.storage.redact`)."""
+    return storage.redact(text)

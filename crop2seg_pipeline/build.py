@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -40,7 +41,7 @@ import numpy as np
 import pandas as pd
 import shapely.geometry
 
-from . import __version__
+from . import __version__, storage
 from .blocks import RESAMPLINGS, CubeSource, cube_source
 from .errors import Crop2SegError, StoreError
 from .graph.build import chunk_windows, pass1_tasks, pass2_chunk, shared
@@ -56,6 +57,7 @@ from .checks import (check_bbox, check_dates, check_fraction, check_patch_size, 
                      check_target_crs)
 from .interrupts import pause_point
 from .locks import writer_lock
+from .sharedfs import check_shared_filesystem, local_folder
 from .store import (CODECS, DEFAULT_CODEC, clear_store, create_skeleton, finalize, prepare_target, read_attrs,
                     read_markers, write_json_atomic)
 
@@ -299,6 +301,10 @@ def build_dataset(
     with writer_lock(cfg.out, LOCK_HOLDER, "patch store"):
         # 1. inputs, checked before anything is written (under the lock: nobody else writes the store)
         plan = plan or plan_build(cfg, overwrite)
+        # the workers write the store and read the assets: they must see the client's local paths
+        check_shared_filesystem(client, cfg.out, "--out")
+        check_shared_filesystem(client, local_folder(a["href"] for it in plan.selected for a in it["assets"].values()),
+                                "--items")
         return _build(plan, client, say, t_start)
 
 
@@ -474,7 +480,7 @@ def _pass2_tasks(tiles: list[_Tile], patches: pd.DataFrame, cfg: BuildConfig, do
                 continue
             tasks.append(dask.delayed(pass2_chunk)(
                 src, t.windows[(by, bx)], dates, lab[by, bx], pid[by, bx],
-                store=str(cfg.out), key=key, index=index, rows=grp["li"].tolist(), cols=grp["lj"].tolist(),
+                store=cfg.out if storage.is_url(cfg.out) else os.path.abspath(cfg.out), key=key, index=index, rows=grp["li"].tolist(), cols=grp["lj"].tolist(),
                 train=(grp["split"] == "train").tolist(), patch_size=cfg.patch_size, unclear=tuple(cfg.unclear_scl),
                 dask_key_name=f"write-{key}-{fingerprint[:8]}",
             ))
@@ -515,7 +521,7 @@ def _finish(cfg: BuildConfig, tiles: list[_Tile], patches: pd.DataFrame, skipped
     )
     _write_footprints(cfg.out, patches, cfg.patch_size)
     summary.seconds = time.perf_counter() - t_start
-    write_json_atomic(Path(cfg.out) / "build.json", _jsonable(summary.to_dict()))
+    write_json_atomic(storage.join(cfg.out, "build.json"), _jsonable(summary.to_dict()))
     finalize(cfg.out, {
         "normalization": {"train": norm},
         "class_pixel_counts": class_pixels,
@@ -542,14 +548,18 @@ _LATER_FIELDS = {"epsg": None, "antimeridian": False}
 
 
 def _fingerprint(cfg: BuildConfig, items: Sequence[Mapping], mapping: CropMapping) -> str:
-    parcels = Path(cfg.parcels)
-    st = parcels.stat() if parcels.exists() else None
+    if storage.is_url(cfg.parcels):
+        parcels_id = [storage.redact(cfg.parcels), *storage.file_version(cfg.parcels)]
+    else:
+        parcels = Path(cfg.parcels)
+        st = parcels.stat() if parcels.exists() else None
+        parcels_id = [str(parcels.resolve()), st.st_size if st else None, st.st_mtime_ns if st else None]
     payload = {
         # fields added later are left out at their defaults: earlier stores keep their fingerprint
         "config": _jsonable({k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "items")
                              and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}),
         "items": [[it["id"], sorted((b, a["href"]) for b, a in it["assets"].items())] for it in items],
-        "parcels": [str(parcels.resolve()), st.st_size if st else None, st.st_mtime_ns if st else None],
+        "parcels": parcels_id,
         "mapping": sorted(mapping.codes.items()),
         "version": __version__,
     }
@@ -590,6 +600,11 @@ def _write_footprints(path: str, patches: pd.DataFrame, patch_size: int, resolut
         )
         frames.append(frame if len(epsgs) == 1 else frame.to_crs(4326))
     out = pd.concat(frames) if len(frames) > 1 else frames[0]
+    if storage.is_url(path):  # GPKG needs random access: written locally, then uploaded whole
+        with tempfile.TemporaryDirectory(prefix="crop2seg-footprints-") as tmp:
+            out.to_file(Path(tmp) / "patches.gpkg", layer="patches", driver="GPKG")
+            storage.upload(Path(tmp) / "patches.gpkg", storage.join(path, "patches.gpkg"))
+        return
     target = Path(path) / "patches.gpkg"
     if target.exists():
         target.unlink()
@@ -608,9 +623,9 @@ def _merge_reports(reports: list) -> dict[str, Any]:
 
 def _describe_items(items: Any) -> Any:
     if isinstance(items, (str, os.PathLike)):
-        return str(items)
+        return storage.redact(str(items))
     if isinstance(items, (list, tuple)) and all(isinstance(i, (str, os.PathLike)) for i in items):
-        return [str(i) for i in items]
+        return [storage.redact(str(i)) for i in items]
     return "<in-memory items>"
 
 

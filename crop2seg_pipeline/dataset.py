@@ -19,6 +19,7 @@ import zarr
 from .errors import StoreError
 from .kernels.dates import DEFAULT_DATE_ENCODING, check_date_encoding, date_positions
 from .kernels.windows import preprocess
+from . import storage
 from .store import open_store
 
 
@@ -35,7 +36,7 @@ class PatchDataset(torch.utils.data.Dataset):
     Parameters
     ----------
     store
-        Path of a complete patch store.
+        Path or object-store URL (``s3://bucket/patches.zarr``) of a complete patch store.
     split
         ``"train"``, ``"val"``, ``"test"``, a list of them, or None for all patches.
     normalize
@@ -54,6 +55,9 @@ class PatchDataset(torch.utils.data.Dataset):
         Optional callable applied to each sample dict (augmentation) *before* ``positions`` are
         computed: it may change the per-date entries ``s2``, ``dates`` and ``clear``
         (:mod:`crop2seg_pipeline.augment`).
+    cache
+        With a store URL: a local folder where the chunks read are kept (fsspec's
+        ``simplecache``), so later epochs read them from disk instead of the object store.
 
     Each item is a dict: ``s2`` (T, band, y, x) float32, ``dates`` (T,) int64 days since
     1970-01-01, ``positions`` (T,) float32 (from ``dates``, the reference date and the date
@@ -74,8 +78,10 @@ class PatchDataset(torch.utils.data.Dataset):
         tiles: Sequence[str] | None = None,
         exclude_tiles: Sequence[str] | None = None,
         transform: Callable[[dict], dict] | None = None,
+        cache: str | Path | None = None,
     ) -> None:
         ds = open_store(store)
+        self.cache = None if cache is None else str(cache)
         self.path = str(store)
         self.tiles = np.array(ds["tile"].values.tolist(), dtype=str)
         self.indices = np.flatnonzero(select_patches(store, np.array(ds["split"].values.tolist(), dtype=str),
@@ -107,7 +113,8 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def _open(self) -> dict[str, Any]:
         if self._arrays is None:  # opened lazily, once per DataLoader worker process
-            g = zarr.open_group(self.path, mode="r", zarr_format=3)
+            g = zarr.open_group(storage.zarr_store(self.path, read_only=True, cache=self.cache), mode="r",
+                                zarr_format=3)
             self._arrays = {k: g[k] for k in ("s2", "label", "parcel_id")}
         return self._arrays
 

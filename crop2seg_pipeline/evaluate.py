@@ -38,6 +38,7 @@ from .loss import weighted_cross_entropy
 from .malloc import tune_malloc
 from .models import CheckpointError, load_model
 from .nomenclature import CLASS_NAMES, N_CLASSES, NOT_CLASSIFIED
+from . import storage
 from .store import open_store
 
 __all__ = ["evaluate", "confusion_over", "predict_classes", "plot_confusion_matrix",
@@ -201,9 +202,9 @@ def evaluate(
     """Score the model of ``weights_dir`` on the ``split`` patches of ``dataset_store``.
 
     Args:
-        dataset_store: a complete Zarr patch store.
+        dataset_store: a complete Zarr patch store (a path or an object-store URL).
         weights_dir: a weights folder (``weights.pt`` + ``model.json``) for the store's bands
-            and the 15 classes.
+            and the 15 classes (a path, or a URL: downloaded once, :func:`crop2seg_pipeline.storage.cached_copy`).
         split: ``train``, ``val`` or ``test``.
         region: ``all`` pixels, ``boundary`` pixels (3x3 cross holds another class) or
             ``interior`` pixels; ``Not classified`` pixels are never counted.
@@ -230,6 +231,8 @@ def evaluate(
         raise Crop2SegError(f"batch size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     ds = open_store(dataset_store)
+    if storage.is_url(weights_dir):  # downloaded once into the local cache
+        weights_dir = storage.cached_copy(str(weights_dir))
     bands = [str(b) for b in ds["band"].values]
     tune_malloc()  # batch tensors from the heap, not fresh mmaps (see .malloc)
     model = load_model(weights_dir, device=dev, expect_bands=bands, expect_classes=N_CLASSES)

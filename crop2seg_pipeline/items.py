@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import logging
 import os
+import posixpath
 import re
 import urllib.parse
 import urllib.request
@@ -32,6 +33,7 @@ import numpy as np
 import pyproj
 import shapely.geometry
 
+from . import storage
 from .checks import check_dates
 from .errors import CRSError, EmptySelectionError, ItemError, MissingBandError, ReadError
 from .nomenclature import BANDS, NATIVE_RESOLUTION, SCL
@@ -111,6 +113,12 @@ def _read_location(location: str) -> list[dict]:
         if parsed.scheme in ("http", "https"):
             with urllib.request.urlopen(location, timeout=60) as r:  # noqa: S310 (user-given URL)
                 text = r.read().decode("utf-8")
+            base = location
+        elif storage.is_url(location):  # s3://, gs://... through fsspec (credentials from the environment)
+            data = storage.read_bytes(location)
+            if data is None:
+                raise ReadError(f"cannot read STAC items from {storage.redact(location)!r}: no such object")
+            text = data.decode("utf-8")
             base = location
         else:
             path = Path(location).expanduser()
@@ -376,6 +384,8 @@ def _absolute_href(href: Any, base: str | None, item_id: str, key: str) -> str:
         return href
     if urllib.parse.urlparse(base).scheme in ("http", "https"):
         return urllib.parse.urljoin(base, href)
+    if storage.is_url(base):  # s3://bucket/items.json: relative hrefs are keys beside it
+        return storage.join(storage.parent(base), posixpath.normpath(href))
     return os.path.normpath(os.path.join(os.path.dirname(base), href))
 
 

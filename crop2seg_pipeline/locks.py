@@ -18,9 +18,15 @@ scene) holds :func:`writer_lock` on it from before its first write until it is d
 - Re-entrant within a process: a library call inside a command that already holds the lock
   (``build_dataset`` under ``crop2seg-build-dataset``) takes it again at no cost.
 
-All storage goes through :class:`LocalBackend` (create-if-absent, read, delete), the one place
-that touches the filesystem, so a lock can live in an object store by another backend with the
-same three operations (an S3 ``PUT`` with ``If-None-Match: *``, ``GET``, ``DELETE``).
+All storage goes through a backend with three operations (create-if-absent, read, delete):
+:class:`LocalBackend` on a POSIX filesystem, :class:`ObjectStoreBackend` for an output folder
+that is an object-store URL (``s3://bucket/store.zarr``). There, create-if-absent is one
+conditional ``PUT`` (``If-None-Match: *``), which S3 (and S3-compatible servers that implement
+it) decide atomically: of two writers started together exactly one gets the lock, as locally.
+Stores without conditional writes fall back to a check then a write, which two writers
+starting within one round trip of each other could both pass (see
+:func:`crop2seg_pipeline.storage.create_exclusive`). Staleness works as locally: the host and
+pid in the lock tell whether its process is known to be gone.
 """
 
 from __future__ import annotations
@@ -38,11 +44,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
+from . import storage
 from .errors import Crop2SegError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LOCK_DIR", "LOCK_NAME", "LockHeld", "LockInfo", "LocalBackend", "WriterLock", "read_lock", "writer_lock"]
+__all__ = ["LOCK_DIR", "LOCK_NAME", "LockHeld", "LockInfo", "LocalBackend", "ObjectStoreBackend", "WriterLock", "read_lock", "writer_lock"]
 
 #: The folder of the package's bookkeeping inside an output folder (locks, resume markers).
 LOCK_DIR = ".crop2seg"
@@ -66,6 +73,19 @@ class LockBackend(Protocol):
 
     def delete(self, path: str) -> None:
         """Remove ``path`` (nothing if it is gone)."""
+
+
+class ObjectStoreBackend:
+    """Lock files on an object store (paths are URLs; :mod:`crop2seg_pipeline.storage`)."""
+
+    def create_exclusive(self, path: str, data: bytes) -> bool:
+        return storage.create_exclusive(path, data)
+
+    def read(self, path: str) -> bytes | None:
+        return storage.read_bytes(path)
+
+    def delete(self, path: str) -> None:
+        storage.delete(path)
 
 
 class LocalBackend:
@@ -193,24 +213,25 @@ class WriterLock:
 
     def __init__(self, folder: str | os.PathLike, holder: str, what: str = "folder",
                  backend: LockBackend | None = None):
-        self.folder = Path(folder)
-        self.path = str(self.folder / LOCK_NAME)
+        self.remote = storage.is_url(folder)
+        self.folder = folder if self.remote else Path(folder)
+        self.path = storage.join(folder, LOCK_NAME) if self.remote else str(self.folder / LOCK_NAME)
         self.holder = holder
         self.what = what
-        self.backend = backend or LocalBackend()
+        self.backend = backend or (ObjectStoreBackend() if self.remote else LocalBackend())
         self.info: LockInfo | None = None
         self._created: list[Path] = []
 
     def acquire(self) -> "WriterLock":
         """Take the lock; raises :class:`LockHeld` (another live writer) or :class:`Crop2SegError`
         (the folder cannot be written)."""
-        key = os.path.abspath(self.path)
+        key = self._key()
         with _HELD_GUARD:
             if key in _HELD:  # this process holds it already (a command calling the library)
                 _HELD[key][1] += 1
                 self.info = _HELD[key][0].info
                 return self
-        self._created = self._make_folder()
+        self._created = [] if self.remote else self._make_folder()
         info = LockInfo.mine(self.holder)
         try:
             for _ in range(5):
@@ -281,8 +302,11 @@ class WriterLock:
         finally:
             self.backend.delete(brk)
 
+    def _key(self) -> str:
+        return self.path if self.remote else os.path.abspath(self.path)
+
     def release(self) -> None:
-        key = os.path.abspath(self.path)
+        key = self._key()
         with _HELD_GUARD:
             held = _HELD.get(key)
             if held is None or held[0] is not self and held[0].info is not self.info:
@@ -337,7 +361,10 @@ def writer_lock(folder: str | os.PathLike, holder: str, what: str = "folder") ->
 
 def read_lock(folder: str | os.PathLike) -> LockInfo | None:
     """Who holds the lock of ``folder`` now (None: nobody)."""
-    data = LocalBackend().read(str(Path(folder) / LOCK_NAME))
+    if storage.is_url(folder):
+        data = ObjectStoreBackend().read(storage.join(folder, LOCK_NAME))
+    else:
+        data = LocalBackend().read(str(Path(folder) / LOCK_NAME))
     return None if data is None else LockInfo.parse(data)
 
 

@@ -22,7 +22,8 @@ import pandas as pd
 import shapely
 from pyproj import CRS, Transformer
 
-from .errors import CRSError, ParcelError, ReadError
+from . import storage
+from .errors import CRSError, Crop2SegError, ParcelError, ReadError
 from .mapping import MISSING_CODE, CropMapping, normalize_codes
 from .nomenclature import NOT_CLASSIFIED
 
@@ -320,6 +321,14 @@ def read_parcels(
         intersects ``bbox``.
     """
     path = os.fspath(path)
+    if storage.is_url(path) and storage.protocol(path) not in ("http", "https"):
+        # s3://, gs://...: a local copy for OGR (single-file formats: GPKG, GeoJSON, FlatGeobuf, GeoParquet)
+        with storage.local_copy(path) as local:
+            try:
+                return read_parcels(local, id_column=id_column, crop_column=crop_column, layer=layer,
+                                    mapping=mapping, target_crs=target_crs, bbox=bbox)
+            except Crop2SegError as e:  # messages name the URL, not the temporary copy
+                raise type(e)(str(e).replace(local, storage.redact(path))) from None
     mapping = CropMapping.read() if mapping is None else mapping
     info = _inspect_source(path, layer)
     out_crs = _output_crs(path, info, layer, target_crs)

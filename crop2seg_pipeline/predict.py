@@ -66,7 +66,10 @@ from .items import normalize_items, require_single_crs, select_items
 from .kernels.dates import date_positions
 from .kernels.windows import classes_of, confidence_of
 from .locks import writer_lock
-from .manifest import OutputFolder
+from . import storage
+from .manifest import MANIFEST, OutputFolder
+from .remote_folder import RemoteFolder
+from .sharedfs import check_shared_filesystem, local_folder
 from .models.spec import ModelSpec, read_model_spec
 from .predict_outputs import PredictExtras
 
@@ -377,6 +380,7 @@ class PredictPlan:
     probabilities: bool
     polygons: bool = False
     min_polygon_area: float = 5000.0
+    remote: RemoteFolder | None = None  # --out is an object-store URL: folder is its staging folder
 
 
 def output_names(parcels: bool, probabilities: bool, polygons: bool = False) -> list[str]:
@@ -407,7 +411,7 @@ def check_arguments(*, bbox: Sequence[float] | None = None, bbox_crs: Any = "EPS
         raise Crop2SegError(f"--chunksize must be at least 16 px, got {chunksize}")
     if not min_polygon_area >= 0:
         raise Crop2SegError(f"--min-polygon-area must be >= 0 m2, got {min_polygon_area}")
-    if out_dir is not None:
+    if out_dir is not None and not storage.is_url(out_dir):
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
             raise Crop2SegError(f"--out {out} exists and is not a folder")
@@ -451,6 +455,8 @@ def plan_prediction(
     check_arguments(bbox=bbox, bbox_crs=bbox_crs, start=start, end=end, epsg=epsg, antimeridian=antimeridian,
                     overlap=overlap, batch_size=batch_size, chunksize=chunksize, out_dir=out_dir,
                     min_polygon_area=min_polygon_area)
+    if storage.is_url(weights_dir):  # downloaded once into the local cache
+        weights_dir = storage.cached_copy(str(weights_dir))
     spec = read_model_spec(weights_dir)
     selected = select_items(normalize_items(items, bands=spec.bands), bbox=bbox, bbox_crs=bbox_crs, start=start,
                             end=end, antimeridian=antimeridian)
@@ -468,10 +474,15 @@ def plan_prediction(
                 "bbox_crs": str(bbox_crs), "epsg": grid.epsg, "start": None if start is None else str(start),
                 "end": None if end is None else str(end), "parcels": None if parcels is None else str(parcels),
                 "probabilities": bool(probabilities), "polygons": bool(polygons), "min_polygon_area": min_polygon_area}
-    folder = OutputFolder(out_dir, COMMAND, settings)
-    folder.plan(output_names(gdf is not None, probabilities, polygons))
+    names = output_names(gdf is not None, probabilities, polygons)
+    remote = None
+    if storage.is_url(out_dir):  # made in a local staging folder, uploaded when complete
+        remote = RemoteFolder(str(out_dir))
+        remote.check(names)
+    folder = OutputFolder(remote.staging if remote else out_dir, COMMAND, settings)
+    folder.plan(names)
     return PredictPlan(spec, grid, src, gdf, folder, settings, chunksize, overlap, batch_size, device, probabilities,
-                       polygons, min_polygon_area)
+                       polygons, min_polygon_area, remote)
 
 
 def predict(
@@ -534,11 +545,19 @@ def predict(
         check_arguments(out_dir=out_dir)
         target = out_dir
     else:
-        target = plan.folder.folder
+        target = plan.remote.url if plan.remote else plan.folder.folder
     with writer_lock(target, COMMAND, "prediction folder"):
         if plan is None:
             plan = plan_prediction(items, weights_dir, out_dir, **options)
-        return _predict(plan, client, say, t_start)
+        if plan.remote is None:
+            return _predict(plan, client, say, t_start)
+        try:
+            summary = _predict(plan, client, say, t_start)
+            say(f"uploading the outputs to {storage.redact(plan.remote.url)}")
+            plan.remote.publish(plan.folder)
+            return summary
+        finally:
+            plan.remote.cleanup()
 
 
 def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start: float) -> PredictSummary:
@@ -553,8 +572,14 @@ def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start
 
     spec, grid, src, gdf, folder = plan.spec, plan.grid, plan.src, plan.parcels, plan.folder
     out = folder.folder
+    shown = plan.remote.url if plan.remote else str(out)  # where the outputs end up
     chunksize, overlap, batch_size, device = plan.chunksize, plan.overlap, plan.batch_size, plan.device
     nothing = f"Nothing final was written to {out}; fix the cause and run again."
+    # the workers read the weights and the assets (and write the probability store): they must see these paths
+    check_shared_filesystem(client, spec.weights_dir, "--weights")
+    check_shared_filesystem(client, local_folder(r.href for refs in src.refs for r in refs.values()), "--items")
+    if plan.probabilities:
+        check_shared_filesystem(client, out, "--out")
 
     # 2. dates with clear sky (SCL only); chunks small enough that every worker thread has work
     chunksize = work_chunksize(grid.height, grid.width, chunksize, spec.patch_size, _threads(client))
@@ -648,18 +673,18 @@ def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start
         extras.commit()
     finally:
         folder.discard_temps()  # what was not renamed into place (an error, an interrupt)
-    files = {"classes": str(out / "classes.tif"), "confidence": str(out / "confidence.tif"),
-             "quicklook": str(out / "quicklook.png")}
+    files = {"classes": storage.join(shown, "classes.tif"), "confidence": storage.join(shown, "confidence.tif"),
+             "quicklook": storage.join(shown, "quicklook.png")}
     if table is not None:
-        files["parcels"] = str(out / "parcels.gpkg")
+        files["parcels"] = storage.join(shown, "parcels.gpkg")
     if prob_store:
-        files["probabilities"] = str(out / "probabilities.zarr")
-    files.update(extras.files)
+        files["probabilities"] = storage.join(shown, "probabilities.zarr")
+    files.update({k: storage.join(shown, Path(v).name) for k, v in extras.files.items()})
     seconds = time.perf_counter() - t_start
     mpx = grid.height * grid.width / 1e6
-    files["summary"] = str(out / "summary.json")
+    files["summary"] = storage.join(shown, "summary.json")
     summary = PredictSummary(
-        out_dir=str(out), files=files, shape=grid.shape, epsg=grid.epsg, n_dates=len(dates),
+        out_dir=shown, files=files, shape=grid.shape, epsg=grid.epsg, n_dates=len(dates),
         dates_dropped=dropped, n_chunks=len(tasks), device=sorted(devices), area_ha=area,
         parcels=parcel_summary, seconds=round(seconds, 3), megapixels=round(mpx, 4),
         throughput_mpx_s=round(mpx / seconds, 4) if seconds > 0 else math.nan,
@@ -667,5 +692,6 @@ def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start
     )
     with folder.output("summary.json") as tmp:
         tmp.write_text(json.dumps(summary.to_dict(), indent=2, default=str))
-    files["manifest"] = str(folder.finish())
+    folder.finish()
+    files["manifest"] = storage.join(shown, MANIFEST)
     return summary

@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import dask.array as da
@@ -31,6 +28,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
+from . import storage
 from .errors import StoreError
 from .locks import LOCK_DIR
 
@@ -60,16 +58,16 @@ def codec(name: str) -> BloscCodec | None:
 
 def store_state(path: str | os.PathLike) -> str:
     """``"absent"``, ``"empty"`` (an empty folder, or one holding only a writer lock),
-    ``"ours"`` (a patch store) or ``"foreign"``."""
-    p = Path(path)
-    if not p.exists():
+    ``"ours"`` (a patch store) or ``"foreign"``. ``path`` may be an object-store URL
+    (:mod:`crop2seg_pipeline.storage`); there, an absent prefix is ``"absent"``."""
+    if not storage.exists(path):
         return "absent"
-    if p.is_dir() and not any(e.name != LOCK_DIR for e in p.iterdir()) and _only_lock(p / LOCK_DIR):
+    entries = storage.listdir(path)
+    if storage.isdir(path) and not any(n != LOCK_DIR for n in entries) and _only_lock(storage.join(path, LOCK_DIR)):
         return "empty"
-    meta = p / "zarr.json"
-    if p.is_dir() and meta.exists():
+    if "zarr.json" in entries:
         try:
-            attrs = json.loads(meta.read_text()).get("attributes", {})
+            attrs = json.loads(storage.read_bytes(storage.join(path, "zarr.json")) or b"").get("attributes", {})
         except (OSError, json.JSONDecodeError):
             return "foreign"
         if attrs.get("format") == STORE_FORMAT:
@@ -94,31 +92,31 @@ def prepare_target(path: str | os.PathLike, overwrite: bool) -> str:
     return "existing" if state == "ours" else "new"
 
 
-def _only_lock(d: Path) -> bool:
+def _only_lock(d: str) -> bool:
     """Whether the bookkeeping folder ``d`` is absent or holds nothing but lock files."""
-    if not d.is_dir():
-        return not d.exists()
-    return all(e.is_file() and e.name.startswith(("lock.json", ".lock.json")) for e in d.iterdir())
+    if not storage.isdir(d):
+        return not storage.exists(d)
+    return all(not is_dir and name.startswith(("lock.json", ".lock.json")) for name, is_dir in storage.listdir(d).items())
 
 
 def clear_store(path: str | os.PathLike) -> None:
     """Delete a patch store's content (for ``overwrite``), keeping the writer lock that guards it."""
-    p = Path(path)
-    if store_state(p) not in ("ours", "empty"):
-        raise StoreError(f"{p} is not a crop2seg patch store: not deleting it")
-    for e in p.iterdir():
-        if e.name == LOCK_DIR and e.is_dir():
-            for sub in e.iterdir():
-                if not sub.name.startswith(("lock.json", ".lock.json")):
-                    shutil.rmtree(sub) if sub.is_dir() else sub.unlink()
-        elif e.is_dir():
-            shutil.rmtree(e)
+    if store_state(path) not in ("ours", "empty"):
+        raise StoreError(f"{path} is not a crop2seg patch store: not deleting it")
+    for name, is_dir in storage.listdir(path).items():
+        if name == LOCK_DIR and is_dir:
+            for sub in storage.listdir(storage.join(path, name)):
+                if not sub.startswith(("lock.json", ".lock.json")):
+                    storage.rmtree(storage.join(path, name, sub))
         else:
-            e.unlink()
+            storage.rmtree(storage.join(path, name))
 
 
 def read_attrs(path: str | os.PathLike) -> dict:
-    return json.loads((Path(path) / "zarr.json").read_text()).get("attributes", {})
+    data = storage.read_bytes(storage.join(path, "zarr.json"))
+    if data is None:
+        raise StoreError(f"{path} has no zarr.json: not a patch store")
+    return json.loads(data).get("attributes", {})
 
 
 def create_skeleton(
@@ -184,7 +182,7 @@ def create_skeleton(
         warnings.filterwarnings("ignore", message=".*not recognized as a component.*")
         # "a", not "w": the folder is new or emptied (prepare_target, clear_store) but holds the
         # writer lock, which "w" would delete with everything else
-        ds.to_zarr(path, mode="a", zarr_format=3, compute=False, consolidated=False, encoding=enc)
+        ds.to_zarr(storage.zarr_store(path), mode="a", zarr_format=3, compute=False, consolidated=False, encoding=enc)
 
 
 def write_patches(
@@ -199,7 +197,7 @@ def write_patches(
     ``s2[k]`` is patch k's (T_tile, band, y, x) (a stacked array or a list of views); it is
     zero-padded to the store's time length so each write covers its chunk entirely.
     """
-    g = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    g = zarr.open_group(storage.zarr_store(path), mode="r+", zarr_format=3)
     arr_s2, arr_label, arr_pid = g["s2"], g["label"], g["parcel_id"]
     t_store = arr_s2.shape[1]
     for k, i in enumerate(index):
@@ -214,36 +212,24 @@ def write_patches(
 
 
 def write_marker(path: str | os.PathLike, key: str, info: Mapping[str, Any]) -> None:
-    """Record that task ``key`` finished (atomic rename, so a marker is never half-written)."""
-    d = Path(path) / MARKER_DIR
-    d.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(info, f)
-    os.replace(tmp, d / f"{key}.json")
+    """Record that task ``key`` finished (atomic: a rename locally, one PUT on an object store,
+    so a marker is never half-written)."""
+    storage.write_bytes(storage.join(path, MARKER_DIR, f"{key}.json"), json.dumps(info).encode())
 
 
 def write_json_atomic(path: str | os.PathLike, doc: Any) -> None:
-    """Write ``doc`` as JSON at ``path`` through a temporary file in the same folder (never half-written)."""
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2, default=str)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``doc`` as JSON at ``path`` (a path or URL) whole or not at all (never half-written)."""
+    storage.write_bytes(path, json.dumps(doc, indent=2, default=str).encode())
 
 
 def read_markers(path: str | os.PathLike) -> dict[str, dict]:
-    d = Path(path) / MARKER_DIR
-    if not d.exists():
-        return {}
+    d = storage.join(path, MARKER_DIR)
     out = {}
-    for f in sorted(d.glob("*.json")):
+    for name, is_dir in sorted(storage.listdir(d).items()):
+        if is_dir or not name.endswith(".json") or name.startswith("."):
+            continue
         try:
-            out[f.stem] = json.loads(f.read_text())
+            out[name[: -len(".json")]] = json.loads(storage.read_bytes(storage.join(d, name)) or b"")
         except (OSError, json.JSONDecodeError):
             continue  # a damaged marker is ignored: its task is simply redone
     return out
@@ -251,11 +237,12 @@ def read_markers(path: str | os.PathLike) -> dict[str, dict]:
 
 def finalize(path: str | os.PathLike, attrs: Mapping[str, Any]) -> None:
     """Set the final attributes (statistics, summary) and mark the store complete, last."""
-    g = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    store = storage.zarr_store(path)
+    g = zarr.open_group(store, mode="r+", zarr_format=3)
     g.attrs.update({**attrs, "complete": True})
     with warnings.catch_warnings():  # consolidated metadata is a zarr-python extension in v3
         warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(str(path), zarr_format=3)
+        zarr.consolidate_metadata(store, zarr_format=3)
 
 
 def open_store(path: str | os.PathLike, require_complete: bool = True) -> xr.Dataset:
@@ -272,5 +259,5 @@ def open_store(path: str | os.PathLike, require_complete: bool = True) -> xr.Dat
     with warnings.catch_warnings():  # markers and footprints live beside the arrays
         warnings.filterwarnings("ignore", message=".*not recognized as a component.*")
         # consolidated metadata is written last, with completion: an incomplete store has none
-        ds = xr.open_zarr(str(path), zarr_format=3, consolidated=True if complete else False)
+        ds = xr.open_zarr(storage.zarr_store(path, read_only=True), zarr_format=3, consolidated=True if complete else False)
     return ds

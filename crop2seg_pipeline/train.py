@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import storage
 from . import __version__
 from .augment import TemporalAugment, TrainTransform
 from .dataset import collate_patches
@@ -418,7 +419,7 @@ def run_settings(source: str | os.PathLike, preset: str, net: torch.nn.Module, d
     started with those still resumes.
     """
     settings = {
-        "store": str(Path(source).resolve()),
+        "store": storage.absolute(source),
         "store_fingerprint": data.fingerprint,  # a store rebuilt with other inputs differs
         "model": preset,
         "config": net.config,
@@ -433,7 +434,7 @@ def run_settings(source: str | os.PathLike, preset: str, net: torch.nn.Module, d
         settings["date_encoding"] = data.date_encoding
     if data.validation.get("kind") == "held-out":
         settings["validation"] = {"tiles": data.validation.get("tiles", []),
-                                  "stores": [str(Path(p).resolve()) for p in data.validation.get("stores", [])]}
+                                  "stores": [storage.absolute(p) for p in data.validation.get("stores", [])]}
     if data.kind != "store":
         settings["source"] = {"kind": data.kind, **data.extra}
     return json.dumps(settings, sort_keys=True)
@@ -534,6 +535,7 @@ def train(
     class_map: str | None = None,
     train_folds: Sequence[int] | None = None,
     val_folds: Sequence[int] | None = None,
+    dataset_cache: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train (or resume training) a U-TAE on the ``train`` split of a patch store or a PASTIS folder.
 
@@ -596,7 +598,7 @@ def train(
                                temporal=temporal_augment)
     data = open_training_data(dataset_store, transform, date_encoding=date_encoding, val_datasets=val_datasets,
                               val_tiles=val_tiles, class_map=class_map, train_folds=train_folds,
-                              val_folds=val_folds, say=say)
+                              val_folds=val_folds, say=say, cache=dataset_cache)
 
     tune_malloc()  # batch tensors from the heap, not fresh mmaps (values unchanged)
     net = build_network(model, data, seed)

@@ -21,7 +21,6 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +32,7 @@ from .dataset import PatchDataset
 from .errors import StoreError
 from .loss import class_weights
 from .nomenclature import CLASS_NAMES, N_CLASSES, NOT_CLASSIFIED
+from . import storage
 from .store import open_store
 
 __all__ = ["TrainingData", "open_training_data"]
@@ -107,6 +107,7 @@ def open_training_data(
     train_folds: Sequence[int] | None = None,
     val_folds: Sequence[int] | None = None,
     say: Callable[[str], Any] = log.info,
+    cache: str | os.PathLike | None = None,
 ) -> TrainingData:
     """Open the training source and the validation patches (nothing is read but metadata).
 
@@ -118,6 +119,7 @@ def open_training_data(
         val_tiles: tiles of ``source`` (a store) whose patches are validation, never training.
         class_map, train_folds, val_folds: PASTIS only (:func:`crop2seg_pipeline.pastis.open_pastis_training`).
         say: progress messages.
+        cache: with store URLs, a local folder keeping the chunks read (:class:`PatchDataset`).
 
     Raises:
         StoreError: not a complete store / PASTIS folder, no training patch, unknown tile,
@@ -134,9 +136,9 @@ def open_training_data(
         if class_map is not None or train_folds is not None or val_folds is not None:
             raise StoreError(f"--class-map, --train-folds and --val-folds apply to a PASTIS folder; {source} "
                              "is not one (its train/val/test splits are used)")
-        data = _open_store_training(source, transform, date_encoding, val_tiles, bool(val_datasets), say)
+        data = _open_store_training(source, transform, date_encoding, val_tiles, bool(val_datasets), say, cache)
     if val_datasets:
-        _add_held_out_stores(data, val_datasets)
+        _add_held_out_stores(data, val_datasets, cache)
     if data.val is None:
         say(f"{source}: no validation patch: the last epoch is kept as the model")
     return data
@@ -144,14 +146,14 @@ def open_training_data(
 
 def _open_store_training(store: str | os.PathLike, transform: TrainTransform, date_encoding: str,
                          val_tiles: Sequence[str] | None, other_val: bool,
-                         say: Callable[[str], Any]) -> TrainingData:
+                         say: Callable[[str], Any], cache: str | os.PathLike | None = None) -> TrainingData:
     ds = open_store(store)
     attrs = dict(ds.attrs)
     splits = np.array(ds["split"].values.tolist(), dtype=str)  # StringDType-safe
     train = PatchDataset(store, split="train", transform=transform, date_encoding=date_encoding,
-                         exclude_tiles=list(val_tiles) if val_tiles else None)
+                         exclude_tiles=list(val_tiles) if val_tiles else None, cache=cache)
     feed = {"mean": train.mean, "std": train.std, "reference_date": train.reference_date,
-            "date_encoding": date_encoding}
+            "date_encoding": date_encoding, "cache": cache}
     val: torch.utils.data.Dataset | None = None
     validation: dict[str, Any] = {"kind": None}
     if val_tiles:
@@ -188,11 +190,12 @@ def _open_store_training(store: str | os.PathLike, transform: TrainTransform, da
     )
 
 
-def _add_held_out_stores(data: TrainingData, stores: Sequence[str | os.PathLike]) -> None:
+def _add_held_out_stores(data: TrainingData, stores: Sequence[str | os.PathLike],
+                         cache: str | os.PathLike | None = None) -> None:
     """Append every patch of ``stores`` to the validation set, fed like the training data."""
     pieces = [data.val] if data.val is not None and data.validation.get("kind") == "held-out" else []
     for store in stores:
-        if Path(store).resolve() == Path(data.source).resolve():
+        if storage.absolute(store) == storage.absolute(data.source):
             raise StoreError(f"--val-dataset {store} is the training store itself; use --val-tiles to hold "
                              "tiles of it out, or build a store from another scene")
         ds = open_store(store)
@@ -204,7 +207,8 @@ def _add_held_out_stores(data: TrainingData, stores: Sequence[str | os.PathLike]
             raise StoreError(f"--val-dataset {store} has classes {names}, the model {data.class_names}; "
                              "validate on data with the same nomenclature")
         pieces.append(PatchDataset(store, split=None, mean=data.mean, std=data.std,
-                                   reference_date=data.reference_date, date_encoding=data.date_encoding))
+                                   reference_date=data.reference_date, date_encoding=data.date_encoding,
+                                   cache=cache))
         data.validation.setdefault("stores", []).append(str(store))
         data.val_patch_sizes.append((int(ds.sizes["y"]), int(ds.sizes["x"])))
     data.validation["kind"] = "held-out"
@@ -212,7 +216,7 @@ def _add_held_out_stores(data: TrainingData, stores: Sequence[str | os.PathLike]
 
 
 def _count_label_pixels(store: str, indices: np.ndarray, n_classes: int) -> list[int]:
-    arr = zarr.open_group(str(store), mode="r", zarr_format=3)["label"]
+    arr = zarr.open_group(storage.zarr_store(store, read_only=True), mode="r", zarr_format=3)["label"]
     counts = np.zeros(n_classes, np.int64)
     for i in indices:
         counts += np.bincount(np.asarray(arr[int(i)]).ravel(), minlength=n_classes)[:n_classes]

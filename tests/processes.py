@@ -33,6 +33,31 @@ def wait_for_scheduler_file(path: Path, proc: subprocess.Popen, timeout: float =
     raise TimeoutError(f"no scheduler address in {path} after {timeout:.0f} s")
 
 
+def start_scheduler(sched_file: Path, **popen) -> tuple[subprocess.Popen, str]:
+    """A real ``dask scheduler`` on 127.0.0.1 (random ports); (process, address) once it listens."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+         "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    try:
+        return proc, wait_for_scheduler_file(sched_file, proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def stop_processes(procs: list) -> None:
+    """Terminate ``procs`` last first (workers before their scheduler), killing what hangs."""
+    for p in reversed(procs):
+        p.terminate()
+        try:
+            p.wait(timeout=DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 @dataclass
 class Command:
     """A ``python -m crop2seg_pipeline ...`` process with its output in files (no pipe to fill)."""

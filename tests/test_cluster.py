@@ -20,7 +20,7 @@ import yaml
 from click.testing import CliRunner
 
 from crop2seg_pipeline.cli.cluster import cluster_cmd
-from processes import DEADLINE_S, wait_for_scheduler_file
+from processes import DEADLINE_S, start_scheduler, stop_processes
 from crop2seg_pipeline.cluster import (
     KEYS,
     ClusterSpecError,
@@ -151,26 +151,16 @@ def test_local_overrides_and_dashboard_on_loopback():
 @pytest.fixture
 def scheduler_pair(tmp_path):
     """A real ``dask scheduler`` + ``dask worker`` (declaring GPU=1) on 127.0.0.1, torn down after."""
-    sched_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-         "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    scheduler, address = start_scheduler(tmp_path / "scheduler.json")
+    procs = [scheduler]
     try:
-        address = wait_for_scheduler_file(sched_file, procs[0])
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "1", "--nthreads", "2",
              "--memory-limit", "1GB", "--resources", "GPU=1", "--no-dashboard", "--local-directory", str(tmp_path)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         yield address
     finally:
-        for p in reversed(procs):  # the worker, then the scheduler
-            p.terminate()
-            try:
-                p.wait(timeout=DEADLINE_S)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs)  # the worker, then the scheduler
 
 
 def test_address_spec_joins_and_leaves_the_scheduler_running(scheduler_pair, tmp_path):

@@ -151,7 +151,25 @@ def command(interrupted: str | None = None, **kwargs) -> Callable:
 
 def fail(e: Exception) -> click.ClickException:
     """A package error as the ClickException the user sees (message only, exit 1)."""
-    return click.ClickException(str(e))
+    from ..storage import redact
+
+    return click.ClickException(redact(str(e)))
+
+
+class Location(click.ParamType):
+    """A local path (checked like ``click.Path``) or an object-store URL (``s3://...``, passed as is)."""
+
+    name = "path|url"
+
+    def __init__(self, exists: bool = False, file_okay: bool = True, dir_okay: bool = True):
+        self.path = click.Path(exists=exists, file_okay=file_okay, dir_okay=dir_okay)
+
+    def convert(self, value, param, ctx):
+        from ..storage import is_url
+
+        if value is None or is_url(value):
+            return value
+        return self.path.convert(value, param, ctx)
 
 
 CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}

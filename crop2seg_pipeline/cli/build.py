@@ -7,6 +7,7 @@ import dataclasses
 
 import click
 
+from .. import storage
 from ..errors import Crop2SegError
 from ..workflow import workflow_option
 from ..interrupts import pause_point
@@ -15,9 +16,9 @@ from . import check_cluster, cluster_options, command, demo_scene_for, fail, ope
 
 @command(interrupted="patches written so far are kept; run the same command again to resume.")
 @workflow_option("build-dataset")
-@click.option("--items", help="STAC ItemCollection JSON (path or URL). Default: the embedded demo scene.")
-@click.option("--parcels", type=click.Path(dir_okay=False), help="LPIS parcels (GPKG, SHP, GeoJSON, FlatGeobuf, GeoParquet; any CRS).")
-@click.option("--out", type=click.Path(), help="Zarr patch store to write. Default: crop2seg-demo/patches.zarr.")
+@click.option("--items", help="STAC ItemCollection JSON (path or URL: https://, s3://...). Default: the embedded demo scene.")
+@click.option("--parcels", type=click.Path(dir_okay=False), help="LPIS parcels (GPKG, SHP, GeoJSON, FlatGeobuf, GeoParquet; any CRS): a path, or a URL of a single-file format (s3://...).")
+@click.option("--out", type=click.Path(), help="Zarr patch store to write: a local path or an object-store URL (s3://bucket/store.zarr; written by the workers straight to the store). Default: crop2seg-demo/patches.zarr.")
 @click.option("--mapping", type=click.Path(dir_okay=False, exists=True), help="Crop code -> class id CSV. Default: the shipped Czech table.")
 @click.option("--id-column", default="ID_DPB", help="Parcel id attribute.")
 @click.option("--crop-column", default="KOD_PLODINY", help="Crop code attribute.")
@@ -77,6 +78,7 @@ def build_dataset_cmd(items, parcels, out, mapping, id_column, crop_column, laye
             resampling_20m=resampling_20m, codec=codec, epsg=check_target_crs(epsg), antimeridian=antimeridian,
         )
         cfg.validate()
+        storage.check_reachable(cfg.out, write=True)  # bucket, credentials, permission: before anything starts
         check_cluster(cluster, n_workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit)
         pause_point("args")
         if items is None:

@@ -9,17 +9,18 @@ import click
 
 from ..errors import Crop2SegError
 from ..workflow import workflow_option
-from . import command, pct, quiet_opt, setup_logging, verbose_opt
+from . import Location, command, pct, quiet_opt, setup_logging, verbose_opt
 
 log = logging.getLogger("crop2seg_pipeline")
 
 
 @command()
 @workflow_option("evaluate")
-@click.option("--dataset", "store", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Zarr patch store to evaluate on.")
-@click.option("--weights", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Weights folder (weights.pt + model.json), e.g. the --out of crop2seg-train.")
+@click.option("--dataset", "store", required=True, type=Location(exists=True, file_okay=False),
+              help="Zarr patch store to evaluate on (a path or an object-store URL, s3://bucket/patches.zarr).")
+@click.option("--weights", required=True, type=Location(exists=True, file_okay=False),
+              help="Weights folder (weights.pt + model.json), e.g. the --out of crop2seg-train; a URL "
+                   "(s3://bucket/weights) is downloaded once into ~/.cache/crop2seg.")
 @click.option("--split", default="test", type=click.Choice(["train", "val", "test"]),
               help="Patches to evaluate.")
 @click.option("--region", default="all", type=click.Choice(["all", "boundary", "interior"]),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from .. import storage
 from ..errors import Crop2SegError
 from ..interrupts import pause_point
 from ..workflow import workflow_option
@@ -20,10 +21,10 @@ DEMO_OUT = "prediction"
 
 @command(interrupted="nothing final was written (outputs appear when every chunk is done); run the same command again.")
 @workflow_option("predict")
-@click.option("--items", help="STAC ItemCollection JSON (path or URL). Default: the embedded demo scene.")
-@click.option("--weights", type=click.Path(), help="Weights folder (weights.pt + model.json). Default: the shipped demo weights.")
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder. Default with the demo: crop2seg-demo/prediction.")
-@click.option("--parcels", type=click.Path(dir_okay=False), help="LPIS parcels to score (GPKG, SHP, GeoJSON, FlatGeobuf, GeoParquet; any CRS).")
+@click.option("--items", help="STAC ItemCollection JSON (path or URL: https://, s3://...). Default: the embedded demo scene.")
+@click.option("--weights", type=click.Path(), help="Weights folder (weights.pt + model.json), or its URL (s3://bucket/weights: downloaded once into ~/.cache/crop2seg). Default: the shipped demo weights.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder: a local path, or an object-store URL (s3://bucket/prediction: assembled in a local staging folder, uploaded when complete). Default with the demo: crop2seg-demo/prediction.")
+@click.option("--parcels", type=click.Path(dir_okay=False), help="LPIS parcels to score (GPKG, SHP, GeoJSON, FlatGeobuf, GeoParquet; any CRS): a path, or a URL of a single-file format (s3://...).")
 @click.option("--mapping", type=click.Path(dir_okay=False, exists=True), help="Crop code -> class id CSV. Default: the shipped Czech table.")
 @click.option("--id-column", default="ID_DPB", help="Parcel id attribute.")
 @click.option("--crop-column", default="KOD_PLODINY", help="Crop code attribute.")
@@ -80,6 +81,7 @@ def predict_cmd(items, weights, out, parcels, mapping, id_column, crop_column, l
         check_arguments(bbox=box, bbox_crs=bbox_crs, start=start, end=end, epsg=epsg, antimeridian=antimeridian,
                         overlap=overlap, batch_size=batch_size, chunksize=chunksize, out_dir=out,
                         min_polygon_area=min_polygon_area)
+        storage.check_reachable(out, write=True)  # bucket, credentials, permission: before anything starts
         check_cluster(cluster, n_workers=workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit)
         pause_point("args")
         if items is None:

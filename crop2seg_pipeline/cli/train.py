@@ -11,7 +11,7 @@ from ..errors import Crop2SegError
 from ..kernels.dates import DATE_ENCODINGS
 from ..models.presets import MODEL_NAMES
 from ..workflow import workflow_option
-from . import command, parse_floats, pct, quiet_opt, setup_logging, verbose_opt
+from . import Location, command, parse_floats, pct, quiet_opt, setup_logging, verbose_opt
 
 DEFAULT_TEMPORAL = TemporalAugment()  # the option defaults are the Python API's
 
@@ -19,8 +19,9 @@ log = logging.getLogger("crop2seg_pipeline")
 
 @command(interrupted="finished epochs are kept in OUT/last.pt; run the same command again to resume.")
 @workflow_option("train")
-@click.option("--dataset", "store", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Zarr patch store written by crop2seg-build-dataset (its 'train' split is used for "
+@click.option("--dataset", "store", required=True, type=Location(exists=True, file_okay=False),
+              help="Zarr patch store written by crop2seg-build-dataset (a path or an object-store URL, "
+                   "s3://bucket/patches.zarr; its 'train' split is used for "
                    "training, 'val' to pick the best epoch), or a PASTIS folder (DATA_S2/, ANNOTATIONS/, "
                    "metadata.geojson, NORM_S2_patch.json; see --train-folds, --class-map).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
@@ -64,7 +65,7 @@ log = logging.getLogger("crop2seg_pipeline")
               help="Positions fed to the model: days since the reference date (September 1st before the "
                    "first date), or doy, the day of the year (independent of the year; Crop2Seg's --use_doy). "
                    "Recorded in model.json; evaluate and predict use it.")
-@click.option("--val-dataset", "val_datasets", multiple=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--val-dataset", "val_datasets", multiple=True, type=Location(exists=True, file_okay=False),
               help="A patch store held out for validation (repeatable): every patch of it, e.g. a store "
                    "built from another tile, seed or year. The best epoch is picked on the held-out scenes "
                    "instead of the training store's 'val' split.")
@@ -77,12 +78,15 @@ log = logging.getLogger("crop2seg_pipeline")
                    "pastis_id,class_id. A folder written by crop2seg-export-pastis keeps its 15 classes.")
 @click.option("--train-folds", default=None, metavar="K,...", help="Folds trained on (default 1,2,3).")
 @click.option("--val-folds", default=None, metavar="K,...", help="Folds validated on (default 4).")
+@click.option("--cache", "dataset_cache", default=None, type=click.Path(file_okay=False),
+              help="With an object-store --dataset: a local folder keeping the chunks read, so later epochs "
+                   "read them from disk.")
 @verbose_opt
 @quiet_opt
 def train_cmd(store, out, model, epochs, batch_size, lr, lr_schedule, device, finetune, seed, workers,
               temporal_dropout, no_augment, no_temporal_augment, date_keep, min_dates, date_shift, date_jitter,
               cloudy_below, cloudy_drop, date_encoding, val_datasets, val_tiles, class_map, train_folds, val_folds,
-              verbose, quiet):
+              dataset_cache, verbose, quiet):
     """Train a U-TAE crop-type segmentation model on a Zarr patch store.
 
     Bands are standardized with the store's train statistics and dates become days since the
@@ -124,7 +128,8 @@ def train_cmd(store, out, model, epochs, batch_size, lr, lr_schedule, device, fi
                             lr_schedule=lr_schedule, device=device, finetune=finetune, seed=seed,
                             num_workers=workers, temporal_dropout=temporal_dropout, augment=not no_augment,
                             progress=log.info, temporal_augment=temporal, date_encoding=date_encoding,
-                            val_datasets=list(val_datasets), val_tiles=tiles, class_map=class_map, **folds)
+                            val_datasets=list(val_datasets), val_tiles=tiles, class_map=class_map,
+                            dataset_cache=dataset_cache, **folds)
     except Crop2SegError as e:
         raise click.ClickException(str(e)) from e
     click.echo(format_train_summary(summary))

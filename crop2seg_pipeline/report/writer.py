@@ -16,10 +16,10 @@ import datetime as dt
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
+from .. import storage
 from ..errors import ReportError
 from ..locks import LOCK_DIR
 
@@ -95,11 +95,4 @@ def write_report_files(out: str | os.PathLike, files: dict[str, bytes], manifest
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    storage.write_bytes(path, data)

@@ -8,9 +8,10 @@ workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which freezes the threshold at it
 (glibc's dynamic adjustment is off once a threshold is set). Measured on 2 cores, idle machine
 (utae-small, 48 windows of 128 px, T=12, one torch thread): 8.4 s with glibc defaults, 12.0 s
 with the nanny's setting, 5.3 s with the nanny's setting plus this module's 1 GiB mmap
-threshold. A build's pass 2 (8 chunks of 512 px, 24 dates, read + zstd-1 write + moments, the
-nanny's settings, one process; ``benchmarks`` probe in the README): system CPU 6.8 s -> 1.1 s,
-page faults 2.1 M -> 0.19 M, wall 27.6 s -> 16.2 s.
+threshold. A build's pass 2 (a one-process loop of 8 chunks of 512 px, 24 dates: the block
+reader, zstd-1 patch writes and moments, under the nanny's settings; a throwaway probe, not kept in
+the repository): system CPU 6.8 s -> 1.1 s, page faults 2.1 M -> 0.19 M, wall 27.6 s -> 16.2 s.
+The end-to-end effect is in the README's benchmarks (``benchmarks/crop2seg_way.py``).
 
 :func:`tune_malloc` raises the threshold in the running process (``mallopt``), so large arrays
 come from the heap and are reused batch after batch (chunk after chunk). The price: the process

@@ -42,6 +42,7 @@ from ..kernels.windows import (
     owned_windows,
     plan_axis,
 )
+from ..malloc import tune_malloc
 from ..models.spec import ModelSpec
 from .model_cache import cached_model, resolve_device
 
@@ -188,6 +189,7 @@ def read_padded(src: CubeSource, dates: Sequence[int], bands: Sequence[str], y0:
 
 def read_and_predict_chunk(src: CubeSource, dates: Sequence[int], plan: WindowPlan, i: int, j: int) -> dict:
     """Dask task: read chunk (i, j) with its halo (:func:`read_padded`), then :func:`predict_chunk`."""
+    tune_malloc()  # the block too comes from the heap (the model cache tunes only at its first load)
     _, _, _, _, ey0, ey1, ex0, ex1 = _extent(plan, i, j)
     return predict_chunk(read_padded(src, dates, plan.spec.bands, ey0, ey1, ex0, ex1), plan, i, j)
 

@@ -230,33 +230,53 @@ def test_ctrl_c_exits_cleanly_and_rerun_resumes(demo_scene, reference, tmp_path,
     assert_same_store(ref, out)
 
 
-def test_interrupt_in_python_cancels_the_pass_and_same_client_resumes(demo_scene, reference, cluster, tmp_path):
+def test_interrupt_in_python_cancels_the_pass_and_same_client_resumes(demo_scene, reference, tmp_path, monkeypatch):
     """KeyboardInterrupt inside the progress loop of pass 2 (as in a notebook): the rest of the pass
     is cancelled on the cluster even though the traceback is still held, and a re-run on the same
-    client resumes and equals a clean build."""
+    client resumes and equals a clean build.
+
+    The test hook holds each worker after its first pass-2 task until the cancel has reached the
+    workers (no task left queued on any of them), so at most two tasks per worker ever write,
+    whatever the machine's load: the one it ran and the one it held."""
     ref, _ = reference
     out = tmp_path / "nb.zarr"
-
-    at_interrupt = []
+    resume = tmp_path / "resume"
+    monkeypatch.setenv(HOLD_ENV, "pass2:1")
+    monkeypatch.setenv(RESUME_ENV, str(resume))
 
     def progress(line: str) -> None:
         if line.startswith("pass 2:"):
-            at_interrupt.append(_n_markers(out))
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt) as held:  # kept alive, as a notebook keeps it
-        build_dataset(demo_scene.items, demo_scene.parcels, out, mapping=demo_scene.mapping, client=cluster,
-                      progress=progress, **OPTS)
-    _wait_drained(cluster)
-    _wait_idle_workers(cluster)  # tasks already running when cancelled end (a thread can't be stopped)
-    threads = sum(cluster.nthreads().values())
-    done = _n_markers(out)
-    assert done <= at_interrupt[0] + threads  # only those: the rest of the pass was cancelled
-    assert _n_markers(out) == done < _n_chunks(ref)  # no task left anywhere: nothing writes behind our back
-    summary = build_dataset(demo_scene.items, demo_scene.parcels, out, mapping=demo_scene.mapping, client=cluster, **OPTS)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as lc, \
+            Client(lc) as client:
+        with pytest.raises(KeyboardInterrupt) as held:  # kept alive, as a notebook keeps it
+            build_dataset(demo_scene.items, demo_scene.parcels, out, mapping=demo_scene.mapping, client=client,
+                          progress=progress, **OPTS)
+        _wait_drained(client, timeout=120)  # the scheduler forgot every task of the pass ...
+        _wait_no_queued_tasks(client)  # ... and the workers dropped those they had queued
+        resume.write_text("go")  # the held tasks go on (a running thread can't be stopped)
+        _wait_idle_workers(client)
+        threads = sum(client.nthreads().values())
+        done = _n_markers(out)
+        assert 1 <= done <= 2 * threads < _n_chunks(ref)  # only those: the rest of the pass was cancelled
+        time.sleep(1.0)
+        assert _n_markers(out) == done  # no task left anywhere: nothing writes behind our back
+        summary = build_dataset(demo_scene.items, demo_scene.parcels, out, mapping=demo_scene.mapping,
+                                client=client, **OPTS)
     assert summary.n_resumed > 0 and summary.n_written > 0
     assert_same_store(ref, out)
     assert held.type is KeyboardInterrupt
+
+
+def _wait_no_queued_tasks(client, timeout: float = DEADLINE_S) -> None:
+    def queued(dask_worker) -> int:
+        return sum(ts.state in ("ready", "constrained", "waiting", "fetch") for ts in dask_worker.state.tasks.values())
+
+    t0 = time.time()
+    while sum(client.run(queued).values()):
+        assert time.time() - t0 < timeout, "workers still hold queued tasks"
+        time.sleep(0.05)
 
 
 # ----------------------------------------------------------------------------- 3. memory limit

@@ -49,7 +49,7 @@ from .grid import Grid
 from .nomenclature import BANDS, CLASS_NAMES, NATIVE_RESOLUTION, SCL
 from .s2tiles import parse_tile
 
-__all__ = ["DemoScene", "make_demo_scene"]
+__all__ = ["DemoScene", "make_demo_scene", "read_scene_marker", "scene_is_complete"]
 
 log = logging.getLogger(__name__)
 
@@ -1304,7 +1304,8 @@ def _scene_from_marker(root: Path, meta: dict) -> DemoScene:
     )
 
 
-def _complete(root: Path, meta: dict) -> bool:
+def scene_is_complete(root: Path, meta: dict) -> bool:
+    """Whether every file the marker ``meta`` of the demo scene folder ``root`` names is there."""
     need = [root / "items.json", root / "parcels.gpkg", root / "crop_mapping.csv"]
     products = meta.get("products")
     if products is not None:  # SAFE formats: the products listed in the marker
@@ -1316,7 +1317,8 @@ def _complete(root: Path, meta: dict) -> bool:
     return all(p.exists() for p in need)
 
 
-def _read_marker(root: Path) -> dict | None:
+def read_scene_marker(root: Path) -> dict | None:
+    """The ``scene.json`` of a demo scene folder (its generation parameters), None if unreadable."""
     try:
         return json.loads((root / "scene.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -1411,8 +1413,8 @@ def make_demo_scene(
 def _reuse(root: Path, params: dict, say: Callable[[str], None]) -> "DemoScene | None":
     """The complete scene of these parameters already in ``root`` (reading only), or None."""
     if root.is_dir():
-        meta = _read_marker(root)
-        if meta is not None and meta.get("parameters") == params and _complete(root, meta):
+        meta = read_scene_marker(root)
+        if meta is not None and meta.get("parameters") == params and scene_is_complete(root, meta):
             log.info("reusing the demo scene in %s", root)
             say(f"reusing the demo scene in {root}")
             return _scene_from_marker(root, meta)
@@ -1426,7 +1428,7 @@ def _make(root: Path, params: dict, size: int, n_dates: int, seed: int, parcels_
     if reused is not None:
         return reused
     if root.is_dir():
-        meta = _read_marker(root)
+        meta = read_scene_marker(root)
         same = meta is not None and meta.get("parameters") == params
         entries = {p.name for p in root.iterdir()} - {LOCK_DIR}
         # an interrupted or damaged generation of this very scene is simply made again

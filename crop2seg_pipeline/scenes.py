@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from . import storage
+from .demo import TILE, read_scene_marker, scene_is_complete
 from .errors import Crop2SegError
 
 __all__ = ["MergedScenes", "merge_scenes", "MergeError"]
@@ -43,14 +45,12 @@ class MergedScenes:
 
 
 def _read_scene(root: Path) -> dict:
-    try:
-        meta = json.loads((root / "scene.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    meta = read_scene_marker(root)
+    if meta is None:
         raise MergeError(f"{root} is not a demo scene folder (no readable scene.json); make it with "
-                         "crop2seg-demo-scene") from None
-    missing = [n for n in ("items.json", "parcels.gpkg", "crop_mapping.csv") if not (root / n).exists()]
-    if missing:
-        raise MergeError(f"demo scene {root} is incomplete (missing {', '.join(missing)}); run its "
+                         "crop2seg-demo-scene")
+    if not scene_is_complete(root, meta):
+        raise MergeError(f"demo scene {root} is incomplete (files its scene.json names are missing); run its "
                          "crop2seg-demo-scene command again")
     return meta
 
@@ -85,7 +85,7 @@ def merge_scenes(scenes: Sequence[str | os.PathLike], outdir: str | os.PathLike)
     metas = [_read_scene(r) for r in roots]
     tiles: dict[str, Path] = {}
     for r, m in zip(roots, metas):
-        tile = m.get("tile", "33UWQ")
+        tile = m.get("tile", TILE)
         if tile in tiles:
             raise MergeError(f"{tiles[tile]} and {r} both stand for tile {tile}: a store groups items by tile, so "
                              "make each scene on its own tile (crop2seg-demo-scene --tile)")
@@ -112,17 +112,24 @@ def merge_scenes(scenes: Sequence[str | os.PathLike], outdir: str | os.PathLike)
     crs = frames[0].crs
     parcels = gpd.GeoDataFrame(pd.concat([f.to_crs(crs) for f in frames], ignore_index=True), crs=crs)
 
+    # each file written whole under a temporary name, then renamed: an interrupted merge leaves
+    # none of the names a re-run refuses to overwrite half-written
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "items.json.tmp"
-    tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}, indent=1), encoding="utf-8")
-    os.replace(tmp, out / "items.json")
-    parcels.to_file(out / "parcels.gpkg", layer="parcels", driver="GPKG", index=False)
-    (out / "crop_mapping.csv").write_bytes(mapping)
-    summary = {"scenes": [{"root": str(r.resolve()), "tile": m.get("tile", "33UWQ"), **m.get("parameters", {}),
+    tmp_parcels = out / f".parcels.{os.getpid()}.tmp.gpkg"
+    try:
+        parcels.to_file(tmp_parcels, layer="parcels", driver="GPKG", index=False)
+        os.replace(tmp_parcels, out / "parcels.gpkg")
+    finally:
+        tmp_parcels.unlink(missing_ok=True)
+    storage.write_bytes(out / "crop_mapping.csv", mapping)
+    summary = {"scenes": [{"root": str(r.resolve()), "tile": m.get("tile", TILE), **m.get("parameters", {}),
                            "n_dates": len(m.get("dates", [])), "n_parcels": m.get("n_parcels")}
                           for r, m in zip(roots, metas)],
                "n_items": len(features), "n_parcels": int(len(parcels))}
-    (out / "scenes.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    storage.write_bytes(out / "scenes.json", json.dumps(summary, indent=1).encode())
+    # items last: the build's input is complete once it exists
+    doc = {"type": "FeatureCollection", "features": features}
+    storage.write_bytes(out / "items.json", json.dumps(doc, indent=1).encode())
     return MergedScenes(root=out, items=out / "items.json", parcels=out / "parcels.gpkg",
                         mapping=out / "crop_mapping.csv", tiles=tuple(tiles), n_items=len(features),
                         n_parcels=int(len(parcels)))

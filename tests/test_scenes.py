@@ -53,7 +53,11 @@ def test_refusals_write_nothing(two, tmp_path):
         merge_scenes([a.root, same_tile.root], tmp_path / "m1")
     with pytest.raises(MergeError, match="not a demo scene folder"):
         merge_scenes([a.root, tmp_path / "missing"], tmp_path / "m2")
-    assert not (tmp_path / "m1").exists() and not (tmp_path / "m2").exists()
+    broken = make_demo_scene(tmp_path / "d", size=128, n_dates=2, seed=34, tile="33UXQ", year=2021)
+    next((broken.root / "S2").glob("*/B11.tif")).unlink()  # a band file of one date gone
+    with pytest.raises(MergeError, match="incomplete"):
+        merge_scenes([a.root, broken.root], tmp_path / "m3")
+    assert not any((tmp_path / m).exists() for m in ("m1", "m2", "m3"))
     used = tmp_path / "used"
     used.mkdir()
     (used / "items.json").write_text("mine")

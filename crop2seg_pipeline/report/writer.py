@@ -86,13 +86,9 @@ def write_report_files(out: str | os.PathLike, files: dict[str, bytes], manifest
     for name, data in payload.items():
         if name == MANIFEST:
             continue
-        _atomic_write(out / name, data)
+        storage.write_bytes(out / name, data)  # whole, then renamed
     for name in previous:
         if name not in payload:
             (out / name).unlink(missing_ok=True)
-    _atomic_write(out / MANIFEST, payload[MANIFEST])
+    storage.write_bytes(out / MANIFEST, payload[MANIFEST])
     return out
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    storage.write_bytes(path, data)

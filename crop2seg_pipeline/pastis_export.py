@@ -43,7 +43,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 import zlib
 from collections.abc import Callable
@@ -67,6 +66,7 @@ from .pastis import (
     SPLIT_FOLDS,
     TARGET_DIR,
 )
+from .storage import write_local_atomic
 from .store import open_store, read_attrs
 
 __all__ = ["export_pastis", "ExportError", "fold_of"]
@@ -89,20 +89,8 @@ def fold_of(split: str, tile: str, row: int, col: int, block: int) -> int:
     return folds[zlib.crc32(key) % len(folds)]
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_json(path: Path, doc: Any) -> None:
-    _atomic_write(path, lambda fh: fh.write(json.dumps(doc, indent=1).encode("utf-8")))
+    write_local_atomic(path, lambda fh: fh.write(json.dumps(doc, indent=1).encode("utf-8")))
 
 
 def _source_fingerprint(store: str | os.PathLike, attrs: dict[str, Any]) -> str:
@@ -211,8 +199,8 @@ def export_pastis(store: str | os.PathLike, out: str | os.PathLike, *,
         t = int(counts[i])
         patch = np.asarray(s2[i, :t])                     # one patch at a time
         target = np.asarray(label[i])[None].astype(np.uint8)
-        _atomic_write(target_file, lambda fh: np.save(fh, target, allow_pickle=False))
-        _atomic_write(data_file, lambda fh: np.save(fh, patch, allow_pickle=False))
+        write_local_atomic(target_file, lambda fh: np.save(fh, target, allow_pickle=False))
+        write_local_atomic(data_file, lambda fh: np.save(fh, patch, allow_pickle=False))
         written += 1
         if (written + kept) % every == 0 or i == n - 1:
             say(f"exported {written + kept}/{n} patches" + (f" ({kept} kept from an earlier run)" if kept else ""))

@@ -36,9 +36,9 @@ import tempfile
 import threading
 import urllib.parse
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import Crop2SegError
 
@@ -307,19 +307,35 @@ def read_bytes(location: Any) -> bytes | None:
             return None
 
 
+def write_local_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], Any], *, fsync: bool = False) -> None:
+    """Write the local file ``path`` through ``write(file_object)``, atomically.
+
+    The content goes to a temporary file beside ``path`` (same folder, so the same filesystem),
+    which then replaces ``path`` in one rename: readers see the old file or all of the new one,
+    and an interrupted write leaves no partial file (the temporary one is removed). ``fsync``
+    flushes the data to disk before the rename (for files that must survive a crash, such as
+    training checkpoints).
+    """
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_bytes(location: Any, data: bytes) -> None:
     """Write a whole file atomically (readers see the old content, or all of the new)."""
     if not is_url(location):
         p = Path(_local(location))
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_local_atomic(p, lambda f: f.write(data))
         return
     fs, path = filesystem(location)
     with storage_errors(location, "write"):

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from crop2seg_pipeline.errors import Crop2SegError
+from crop2seg_pipeline.storage import write_local_atomic
 
 from .base import SegmentationModel
 from .registry import ARCHITECTURES
@@ -74,23 +74,6 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through ``write(file_object)`` into a temp file next to ``path``, then replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _torch_load(path: Path, device: str | torch.device = "cpu") -> Any:
@@ -189,8 +172,8 @@ def save_weights(model: nn.Module, weights_dir: str | os.PathLike,
     folder = Path(weights_dir)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    _atomic_write(folder / WEIGHTS_FILE, lambda fh: torch.save(state, fh))
-    _atomic_write(folder / CONFIG_FILE, lambda fh: fh.write((text + "\n").encode("utf-8")))
+    write_local_atomic(folder / WEIGHTS_FILE, lambda fh: torch.save(state, fh), fsync=True)
+    write_local_atomic(folder / CONFIG_FILE, lambda fh: fh.write((text + "\n").encode("utf-8")), fsync=True)
     return folder
 
 

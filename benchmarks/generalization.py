@@ -2,8 +2,11 @@
 
     python benchmarks/generalization.py [--weights DIR] [--out benchmarks/results/generalization.json]
 
-Fresh demo scenes with seeds, tiles, years and date counts that training never used (training
-uses seeds 101-106: ``workflows/train-demo-weights.sh``): each scene is predicted whole with its
+Fresh demo scenes with seeds and tiles that training never used (training uses seeds 101-117:
+``workflows/train-demo-weights.sh``), so other landscapes and other acquisition days. The first
+six have 36, 24, 18, 12, 8 and 6 dates (24, 18 and 12 are also the date counts of training
+scenes, with other days); the last three have 19, 25 and 33 dates, counts no training or
+validation scene has. Each scene is predicted whole with its
 parcels by :func:`crop2seg_pipeline.predict.predict` and scored against the rasterized parcels
 (class 14 ignored): parcel agreement (the area majority equals the declared class), overall
 accuracy and macro mIoU of the class map. Prints a table and writes JSON.
@@ -41,6 +44,11 @@ SCENES = [
     ("33UYQ", 2022, 204, 768, 12),
     ("33UUR", 2021, 205, 512, 8),
     ("33UXQ", 2024, 206, 512, 6),
+    # date counts that no training or validation scene has (those have 12-16, 17, 18, 20, 22, 24,
+    # 26, 28 and 30): 19, 25 and 33; tiles no training scene is on
+    ("33UUT", 2019, 207, 768, 19),
+    ("33UXT", 2022, 208, 1024, 25),
+    ("33UYT", 2024, 209, 768, 33),
 ]
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Crop2SegError, EmptySelectionError, ReadError
+from .storage import write_local_atomic
 
 __all__ = ["Provider", "PROVIDERS", "Window", "monthly_windows", "search", "search_windows", "summarize",
            "write_items", "SearchError"]
@@ -352,11 +353,9 @@ def write_items(items: Sequence[Mapping], path: str | os.PathLike) -> Path:
     """Write items as a STAC ItemCollection JSON (atomically: a temporary file, then renamed)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
     doc = {"type": "FeatureCollection", "features": [dict(it) for it in items]}
     try:
-        tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-        os.replace(tmp, p)
+        write_local_atomic(p, lambda fh: fh.write(json.dumps(doc, indent=1).encode("utf-8")))
     except OSError as e:
         raise ReadError(f"cannot write {p}: {e}") from e
     return p

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Crop2SegError
+from ..storage import write_local_atomic
 
 __all__ = ["AppCache", "CacheEntry", "CacheError", "MARKER", "KINDS", "request_key", "file_digest"]
 
@@ -127,9 +128,7 @@ class AppCache:
         doc = self.read_marker(kind, key) or {"written_by": WRITER, "kind": kind, "key": key,
                                              "created": dt.datetime.now().isoformat(timespec="seconds")}
         doc.update(fields)
-        tmp = folder / f".{MARKER}.tmp"
-        tmp.write_text(json.dumps(doc, indent=2, default=str))
-        tmp.replace(folder / MARKER)
+        write_local_atomic(folder / MARKER, lambda fh: fh.write(json.dumps(doc, indent=2, default=str).encode("utf-8")))
         return doc
 
     def is_complete(self, kind: str, key: str) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..cube import clear_sky, cube_grid_of, load_cube
 from ..kernels.s2 import ndvi_series
+from ..storage import write_local_atomic
 from .area import Area
 from .cache import AppCache, request_key
 
@@ -59,12 +60,9 @@ def parcel_ndvi(area: Area, cache: AppCache, geometry: Any, parcel_id: Any, star
         "clear_pixels": [int(v) for v in count],
         "n_pixels": int(inside.sum()),
     }
-    folder = path.parent
     if cache.read_marker("ndvi", key) is None:
         cache.write_marker("ndvi", key, status="complete", items=area.source,
                            description=f"parcel NDVI series of {area.source} ({start or '...'} .. {end or '...'})")
-    tmp = folder / f".{gid}.tmp"
-    tmp.write_text(json.dumps(doc))
-    tmp.replace(path)
+    write_local_atomic(path, lambda fh: fh.write(json.dumps(doc).encode("utf-8")))
     doc["cached"] = False
     return doc

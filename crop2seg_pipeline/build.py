@@ -315,12 +315,14 @@ def _build(plan: BuildPlan, client: Any, say: Callable[[str], None], t_start: fl
 
     # 2. pass 1: labels + SCL only -> patches kept, dates kept, splits
     unclear = tuple(cfg.unclear_scl)
-    tasks = {(k, key): task for k, t in enumerate(tiles)
-             for key, task in pass1_tasks(shared(t.source, f"source-{t.tile}"), t.labels["label"].data, t.windows,
-                                          patch_size=cfg.patch_size, unclear=unclear).items()}
-    say(f"pass 1/2: class cover and clear sky of {len(tasks)} chunks (SCL and labels only)")
-    pass1 = dict(zip(tasks, run_tasks(list(tasks.values()), client, label="pass 1", say=say,
-                                      on_failure="Nothing was written; fix the cause and run again.")))
+    tasks = {(k, keys): task for k, t in enumerate(tiles)
+             for keys, task in pass1_tasks(shared(t.source, f"source-{t.tile}"), t.labels["label"].data, t.windows,
+                                           patch_size=cfg.patch_size, unclear=unclear).items()}
+    n_chunks = sum(len(keys) for _, keys in tasks)
+    say(f"pass 1/2: class cover and clear sky of {n_chunks} chunks in {len(tasks)} tasks (SCL and labels only)")
+    results = run_tasks(list(tasks.values()), client, label="pass 1", say=say,
+                        on_failure="Nothing was written; fix the cause and run again.")
+    pass1 = {(k, key): r for (k, keys), group in zip(tasks, results) for key, r in zip(keys, group, strict=True)}
     patches, clear_of, skipped, dates_dropped = _select_patches(tiles, pass1, cfg)
     patches["split"] = _splits(patches, cfg)
     _check_train_split(patches, cfg)

@@ -47,7 +47,7 @@ import xarray as xr
 from .blocks import CubeSource, cube_source
 from .checks import check_bbox, check_dates, check_target_crs
 from .errors import Crop2SegError, EmptySelectionError, MissingBandError
-from .graph.build import chunk_windows, shared
+from .graph.build import PASS1_GROUP, chunk_windows, shared
 from .graph.clearsky import clear_tasks
 from .graph.model_cache import model_loads
 from .graph.run import run_tasks
@@ -335,7 +335,8 @@ def _clear_dates(src: CubeSource, spec: ModelSpec, chunksize: int, client: Any,
     times = [t[:10] for t in src.times]
     if spec.min_date_clear is None:
         return list(range(len(times))), []
-    windows = chunk_windows(*src.grid.shape, chunksize)
+    # one SCL window per file block group (not per model chunk: sums are all this pass needs)
+    windows = chunk_windows(*src.grid.shape, max(chunksize, PASS1_GROUP))
     results = run_tasks(clear_tasks(shared(src, "source"), windows, spec.unclear_scl), client,
                         label="date check", say=say, on_failure="Nothing was written; fix the cause and run again.")
     clear_px = sum(r[0] for r in results)

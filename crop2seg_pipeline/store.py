@@ -21,7 +21,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -148,41 +147,46 @@ def create_skeleton(
     compressors = [c] if (c := codec(codec_name)) is not None else None
     n, t = dates.shape
     b, p = len(bands), patch_size
+    coords = {
+        "band": ("band", np.array(list(bands), dtype=object)),
+        "tile": ("patch", patches["tile"].astype(str).to_numpy(dtype=object)),
+        "row": ("patch", patches["row"].to_numpy("int32")),
+        "col": ("patch", patches["col"].to_numpy("int32")),
+        "split": ("patch", patches["split"].astype(str).to_numpy(dtype=object)),
+        "epsg": ("patch", patches["epsg"].to_numpy("int32")),
+        "x0": ("patch", patches["x0"].to_numpy("float64")),
+        "y0": ("patch", patches["y0"].to_numpy("float64")),
+    }
     ds = xr.Dataset(
         {
-            "s2": (("patch", "time", "band", "y", "x"), da.zeros((n, t, b, p, p), dtype="uint16", chunks=(1, t, b, p, p))),
-            "label": (("patch", "y", "x"), da.zeros((n, p, p), dtype="uint8", chunks=(1, p, p))),
-            "parcel_id": (("patch", "y", "x"), da.zeros((n, p, p), dtype="int32", chunks=(1, p, p))),
             "dates": (("patch", "time"), dates.astype("datetime64[ns]")),
             "clear": (("patch", "time"), clear.astype("float32")),
         },
-        coords={
-            "band": ("band", np.array(list(bands), dtype=object)),
-            "tile": ("patch", patches["tile"].astype(str).to_numpy(dtype=object)),
-            "row": ("patch", patches["row"].to_numpy("int32")),
-            "col": ("patch", patches["col"].to_numpy("int32")),
-            "split": ("patch", patches["split"].astype(str).to_numpy(dtype=object)),
-            "epsg": ("patch", patches["epsg"].to_numpy("int32")),
-            "x0": ("patch", patches["x0"].to_numpy("float64")),
-            "y0": ("patch", patches["y0"].to_numpy("float64")),
-        },
+        coords=coords,
         attrs={"format": STORE_FORMAT, "format_version": STORE_VERSION, "complete": False, "codec": codec_name,
                **attrs},
     )
-    enc = {
-        # 0 is a real value (nodata DN, Background, no parcel), not a mask: no _FillValue
-        "s2": {"compressors": compressors, "chunks": (1, t, b, p, p), "_FillValue": None},
-        "label": {"compressors": compressors, "chunks": (1, p, p), "_FillValue": None},
-        "parcel_id": {"compressors": compressors, "chunks": (1, p, p), "_FillValue": None},
-        "dates": {"units": "days since 1970-01-01", "dtype": "int64"},
-    }
+    enc = {"dates": {"units": "days since 1970-01-01", "dtype": "int64"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
         warnings.filterwarnings("ignore", message=".*not recognized as a component.*")
         # "a", not "w": the folder is new or emptied (prepare_target, clear_store) but holds the
         # writer lock, which "w" would delete with everything else
-        ds.to_zarr(storage.zarr_store(path), mode="a", zarr_format=3, compute=False, consolidated=False, encoding=enc)
+        ds.to_zarr(storage.zarr_store(path), mode="a", zarr_format=3, consolidated=False, encoding=enc)
+    # the data arrays: metadata only (no chunk is written), as xarray would describe them (dimension
+    # names, the patch coordinates) -- made by zarr directly: xarray's to_zarr(compute=False) of
+    # lazy zeros built a graph of one task per chunk (2 s for the full tile's 7,225 patches)
+    group = zarr.open_group(storage.zarr_store(path), mode="r+", zarr_format=3)
+    coordinates = " ".join(sorted(k for k, (dim, _) in coords.items() if dim == "patch"))
+    for name, shape, dtype, dims in (
+        ("s2", (n, t, b, p, p), "uint16", ("patch", "time", "band", "y", "x")),
+        ("label", (n, p, p), "uint8", ("patch", "y", "x")),
+        ("parcel_id", (n, p, p), "int32", ("patch", "y", "x")),
+    ):
+        # 0 is a real value (nodata DN, Background, no parcel), not a mask: no _FillValue attribute
+        group.create_array(name, shape=shape, chunks=(1,) + shape[1:], dtype=dtype, compressors=compressors,
+                           fill_value=0, dimension_names=dims, attributes={"coordinates": coordinates})
 
 
 def write_patches(

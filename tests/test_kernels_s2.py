@@ -15,9 +15,10 @@ from crop2seg_pipeline.nomenclature import DEFAULT_UNCLEAR_SCL
     dtype=st.sampled_from([np.uint8, np.uint16, np.int32]),
     unclear=st.lists(st.integers(0, 300), max_size=8),
     seed=st.integers(0, 2**16),
+    top=st.sampled_from([11, 15, 16, 255, 300]),  # SCL's 0..11 (a shift of one 16-bit word), or any value
 )
-def test_clear_mask_equals_isin(dtype, unclear, seed):
-    top = 300 if dtype != np.uint8 else 255
+def test_clear_mask_equals_isin(dtype, unclear, seed, top):
+    top = min(top, 255) if dtype == np.uint8 else top
     scl = np.random.default_rng(seed).integers(0, top + 1, (3, 7, 5)).astype(dtype)
     got = clear_mask(scl, unclear)
     assert got.dtype == bool and got.shape == scl.shape

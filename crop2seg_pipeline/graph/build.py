@@ -76,6 +76,7 @@ def pass1_chunks(src: CubeSource, windows: Sequence[Window], labels: Sequence[np
     ``valid`` (time, nr, nc) float32, ``clear_px`` (time,) clear pixels of the chunk and ``px``
     its pixel count.
     """
+    tune_malloc()  # the SCL and masks (25 MB each at 24 dates) reuse the heap, not fresh mmaps
     r0, r1 = min(w[0] for w in windows), max(w[1] for w in windows)
     c0, c1 = min(w[2] for w in windows), max(w[3] for w in windows)
     scl_all = read_scl(src, (r0, r1, c0, c1))

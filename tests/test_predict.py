@@ -483,14 +483,47 @@ def test_every_architecture_predicts_with_the_same_machinery(small_scene, cube_a
 # the shipped demo weights on an unseen scene: tests/test_generalization.py
 
 
-@pytest.mark.parametrize("h,w,chunk,patch,threads,expected", [
-    (512, 512, 512, 128, 2, 256),     # one chunk for two threads: cut to 2 x 2
-    (256, 256, 512, 128, 2, 128),     # down to one window, never below
-    (100, 60, 512, 32, 2, 32),        # smaller than a window: one window-sized chunk
-    (4096, 4096, 512, 128, 2, 512),   # plenty of chunks: unchanged
-    (1024, 1024, 512, 128, 8, 256),   # more threads, finer cut
+@pytest.mark.parametrize("h,w,chunk,patch,overlap,threads,expected", [
+    (512, 512, 512, 128, 32, 2, 192),     # one chunk for two threads: 3 x 3 chunks on window origins
+    (256, 256, 512, 128, 32, 2, 128),     # down to one window, never below
+    (100, 60, 512, 32, 8, 2, 48),         # two windows per side at most: 48 px chunks on origins
+    (4096, 4096, 512, 128, 32, 2, 512),   # plenty of chunks: unchanged
+    (1024, 1024, 512, 128, 32, 8, 288),   # 4 chunks of 512 px for 8 threads: 16 of 288 px
+    (1024, 1024, 512, 128, 32, 1, 512),   # one thread: nothing to balance
 ])
-def test_small_areas_are_cut_so_that_every_thread_has_work(h, w, chunk, patch, threads, expected):
+def test_small_areas_are_cut_so_that_every_thread_has_work(h, w, chunk, patch, overlap, threads, expected):
     from crop2seg_pipeline.predict import work_chunksize
 
-    assert work_chunksize(h, w, chunk, patch, threads) == expected
+    assert work_chunksize(h, w, chunk, patch, threads, overlap) == expected
+
+
+def test_model_task_annotations_reach_the_scheduler(small_scene, weights):
+    """What the scheduler receives from predict's finishing tasks carries the model layer's
+    annotations: its priority (each chunk's owned window count: Dask's queue hands out the
+    largest first) and the GPU resource of ``--device cuda`` on GPU workers. (``to_delayed()``
+    with graph optimization fused the layers and dropped both.)"""
+    from dask.base import collections_to_expr
+
+    from crop2seg_pipeline.graph.windows import owned_counts
+    from crop2seg_pipeline.predict import finish_tasks, source_probabilities
+
+    spec = read_model_spec(weights)
+    cube = load_cube(small_scene.items, chunksize=128)
+    src = cube_source(normalize_items(small_scene.items, bands=spec.bands), cube_grid_of(cube), spec.bands)
+    probs, plan = source_probabilities(src, [0, 1, 2], spec, chunksize=96, overlap=16, batch_size=2, device="cpu",
+                                       resources={"GPU": 1}, prioritize=True)
+    counts = owned_counts(plan)
+    assert sum(counts.values()) == len(plan.rows) * len(plan.cols) and len(set(counts.values())) > 1
+    tasks = finish_tasks(probs, None, spec.n_classes, prob_store=None, device="cpu", prioritize=True)
+    ann = collections_to_expr(tasks).__dask_annotations__()
+    model = {k for k in ann["resources"] if isinstance(k, tuple) and str(k[0]).startswith("predict-windows")}
+    assert len(model) == len(counts) and all(ann["resources"][k] == {"GPU": 1} for k in model)
+    assert {(k[1], k[2]): ann["priority"][k] for k in model} == counts
+    # what follows a model task (parts, blends, finishing) runs before any other model task
+    rest = {k: v for k, v in ann["priority"].items() if k not in model}
+    assert len(rest) > len(counts) and min(rest.values()) > max(counts.values())
+    assert {f"finish-{probs.name}-{i}-{j}" for i, j in counts} <= set(rest)
+    # a large area: no priorities (chunks are finished as they come, memory stays one chunk a thread)
+    probs, _ = source_probabilities(src, [0, 1, 2], spec, chunksize=96, overlap=16, batch_size=2, device="cpu")
+    tasks = finish_tasks(probs, None, spec.n_classes, prob_store=None, device="cpu")
+    assert "priority" not in collections_to_expr(tasks).__dask_annotations__()

@@ -23,6 +23,7 @@ and histograms the driver writes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,11 +43,13 @@ from ..kernels.windows import (
     owned_windows,
     plan_axis,
 )
+from ..kernels.chunking import min_chunks
 from ..malloc import tune_malloc
 from ..models.spec import ModelSpec
 from .model_cache import cached_model, resolve_device
 
-__all__ = ["BLEND_FLOOR", "WindowPlan", "plan_windows", "window_graph", "finish_chunk", "min_chunks", "bounds"]
+__all__ = ["BLEND_FLOOR", "MODEL_PRIORITY_TOP", "WindowPlan", "bounds", "finish_chunk", "min_chunks", "owned_counts",
+           "plan_windows", "window_graph"]
 
 #: Blend weight at a window's very edge (a floor > 0: every covered pixel gets a weight).
 BLEND_FLOOR = 0.05
@@ -88,17 +91,6 @@ class WindowPlan:
             self.cols.tobytes(), self.ybounds, self.xbounds, self.depth_y, self.depth_x, self.overlap,
             self.batch_size,
         )
-
-
-def min_chunks(chunks: Sequence[int], minimum: int) -> tuple[int, ...]:
-    """Merge chunks smaller than ``minimum`` into a neighbour (so the halo fits in one neighbour)."""
-    out: list[int] = []
-    for c in chunks:
-        if out and (c < minimum or out[-1] < minimum):
-            out[-1] += c
-        else:
-            out.append(c)
-    return tuple(out)
 
 
 def bounds(chunks: Sequence[int]) -> tuple[int, ...]:
@@ -194,6 +186,24 @@ def read_and_predict_chunk(src: CubeSource, dates: Sequence[int], plan: WindowPl
     return predict_chunk(read_padded(src, dates, plan.spec.bands, ey0, ey1, ex0, ex1), plan, i, j)
 
 
+def owned_counts(plan: WindowPlan) -> dict[tuple[int, int], int]:
+    """``{(i, j): windows owned by chunk (i, j)}`` of a plan."""
+    P = plan.spec.patch_size
+    ny, nx = plan.shape
+    rows = [len(owned_windows(plan.rows, P, plan.ybounds, i)) for i in range(ny)]
+    cols = [len(owned_windows(plan.cols, P, plan.xbounds, j)) for j in range(nx)]
+    return {(i, j): rows[i] * cols[j] for i in range(ny) for j in range(nx)}
+
+
+#: Model-task priorities (window counts) are capped here; what runs after them gets more.
+MODEL_PRIORITY_TOP = 10_000
+
+
+def _owned_count(counts: dict[tuple[int, int], int], key: tuple) -> int:
+    """The priority of model task ``(name, i, j)``: its window count."""
+    return min(counts[(key[1], key[2])], MODEL_PRIORITY_TOP)
+
+
 def _part(parts: dict, side: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Dask task (runs where the model task ran): one part, so that only it travels."""
     return parts[side]
@@ -261,6 +271,7 @@ def window_graph(
     dates: Sequence[int] | None = None,
     array: da.Array | None = None,
     resources: Mapping[str, Any] | None = None,
+    prioritize: bool = False,
 ) -> da.Array:
     """The lazy ``(class, y, x)`` float32 probabilities of the planned area.
 
@@ -282,6 +293,13 @@ def window_graph(
         ``dask.array.overlap``).
     resources
         Dask resource annotation of the model tasks, e.g. ``{"GPU": 1}``.
+    prioritize
+        Annotate Dask priorities: model tasks by their window count (the largest first, so that
+        the queue shares a small area's windows evenly between the threads; see
+        :mod:`crop2seg_pipeline.kernels.chunking`), part and blend tasks above every model task
+        (``MODEL_PRIORITY_TOP + 1``: cheap, and they free the sums). For small areas: the
+        model tasks then all run before any chunk is finished downstream, so the sums of the
+        whole area may be held at once.
     """
     ny, nx = plan.shape
     if (source is None) == (array is None):
@@ -326,10 +344,15 @@ def window_graph(
                     sides.append((di, dj))
             shape = (plan.ybounds[i + 1] - plan.ybounds[i], plan.xbounds[j + 1] - plan.xbounds[j])
             blend_layer[(name, 0, i, j)] = (blend_chunk, keys, sides, shape, (i, j))
-    layers[run_name] = MaterializedLayer(run_layer, annotations={"resources": dict(resources)} if resources else None)
-    layers[part_name] = MaterializedLayer(part_layer)
+    annotations: dict[str, Any] = {"resources": dict(resources)} if resources else {}
+    after: dict[str, Any] | None = None
+    if prioritize:  # the model tasks with the most windows first (the queue then balances)
+        annotations["priority"] = functools.partial(_owned_count, owned_counts(plan))
+        after = {"priority": MODEL_PRIORITY_TOP + 1}
+    layers[run_name] = MaterializedLayer(run_layer, annotations=annotations or None)
+    layers[part_name] = MaterializedLayer(part_layer, annotations=after)
     deps[part_name] = {run_name}
-    layers[name] = MaterializedLayer(blend_layer)
+    layers[name] = MaterializedLayer(blend_layer, annotations=after)
     deps[name] = {part_name}
     ychunks = tuple(np.diff(plan.ybounds).tolist())
     xchunks = tuple(np.diff(plan.xbounds).tolist())

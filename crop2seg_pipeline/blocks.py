@@ -53,6 +53,7 @@ __all__ = [
     "AssetRef",
     "CubeSource",
     "GDAL_OPTIONS",
+    "PREDICT_BLOCK_CACHE",
     "RESAMPLINGS",
     "cube_source",
     "read_block",
@@ -83,6 +84,14 @@ GDAL_OPTIONS: dict[str, str | int] = {
     # CPU per chunk as 128 MB, measured with benchmarks/fulltile.py's tile)
     "GDAL_CACHEMAX": 32 * 2**20,  # bytes (rasterio hands an int to GDALSetCacheMax64)
 }
+
+#: GDAL block cache of prediction reads on small areas. A model chunk's halo reaches into its
+#: neighbours' file blocks, and small areas are cut finer than the files' blocks: with 32 MB, a
+#: 1024 px, 12-date demo area decoded its blocks several times (reading was 16 % of the model
+#: tasks' time, and the area 25 % slower than with 256 MB, where reading is 3 %;
+#: ``benchmarks/predict.py``). 256 MB holds every block of such an area. Large areas keep 32 MB:
+#: at 2048 px the large cache took 27.4 s against 28.0 s, for 300 MB more per worker.
+PREDICT_BLOCK_CACHE = 256 * 2**20
 
 #: Read attempts after a transient error, and the first backoff (doubled each time).
 RETRIES = 2
@@ -492,6 +501,7 @@ def read_block(
     bands: Sequence[str] | None = None,
     *,
     scl: bool = False,
+    block_cache: int | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The ``(time, band, y, x)`` uint16 reflectance of ``window`` (0 = nodata, offsets harmonized).
 
@@ -508,6 +518,9 @@ def read_block(
         Subset of ``src.bands`` in the order wanted (default all).
     scl
         Also return the ``(time, y, x)`` uint8 SCL of the same dates.
+    block_cache
+        Bytes of GDAL's decoded-block cache of this process (default ``GDAL_OPTIONS``' 32 MB);
+        see :data:`PREDICT_BLOCK_CACHE`.
 
     Returns
     -------
@@ -521,7 +534,8 @@ def read_block(
         raise ValueError(f"band(s) {missing} are not in the cube ({list(src.bands)})")
     out = np.empty((len(ts), len(bands), *win.shape), np.uint16)
     scl_out = np.zeros((len(ts), *win.shape), np.uint8)
-    with rasterio.Env(**GDAL_OPTIONS):
+    env = GDAL_OPTIONS if block_cache is None else {**GDAL_OPTIONS, "GDAL_CACHEMAX": int(block_cache)}
+    with rasterio.Env(**env):
         for k, t in enumerate(ts):
             first, *rest = src.groups[t]
             if scl or rest:  # SCL decides the merge of a day's items

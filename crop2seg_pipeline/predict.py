@@ -205,9 +205,10 @@ def _threads(client: Any) -> int:
         return 1
 
 
-#: An area of at most this many model tasks per task thread is "small": its model tasks get
-#: priorities (the largest first) and may all run before a chunk is finished downstream.
-SMALL_AREA_TASKS = 4
+#: An area of at most this many pixels per task thread is "small": its model tasks get
+#: priorities (the largest first) and may all run before a chunk is finished downstream, so its
+#: float64 sums may be held at once (15 classes: 120 MB per thread at 1 Mpx).
+SMALL_AREA_PX = 1_000_000
 
 
 def work_chunksize(height: int, width: int, chunksize: int, patch_size: int, threads: int, overlap: int = 32) -> int:
@@ -610,16 +611,15 @@ def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start
         check_shared_filesystem(client, out, "--out")
 
     # 2. dates with clear sky (SCL only); chunks small enough that every worker thread has work
-    chunksize = work_chunksize(grid.height, grid.width, chunksize, spec.patch_size, _threads(client), overlap)
+    threads = _threads(client)
+    chunksize = work_chunksize(grid.height, grid.width, chunksize, spec.patch_size, threads, overlap)
     dates, dropped = _clear_dates(src, spec, chunksize, client, say)
     say(f"predicting {grid.height} x {grid.width} px, {len(dates)} dates with {spec.weights_dir} "
         f"({spec.patch_size} px windows, overlap {overlap}, batch {batch_size}, device {device})")
 
     # 3. the window graph, then one finishing task per chunk
-    # a small area (a few chunks per thread): the largest model tasks first, so the threads finish together
-    threads = _threads(client)
-    prioritize = len(axis_chunks(grid.height, chunksize, spec.patch_size)) * len(
-        axis_chunks(grid.width, chunksize, spec.patch_size)) <= SMALL_AREA_TASKS * threads
+    # a small area: the largest model tasks first, so that the threads finish together
+    prioritize = grid.height * grid.width <= SMALL_AREA_PX * threads
     probs, _ = source_probabilities(src, dates, spec, chunksize=chunksize, overlap=overlap, batch_size=batch_size,
                                     device=device, resources=_gpu_resources(client, device), prioritize=prioritize)
     ychunks, xchunks = probs.chunks[1], probs.chunks[2]

@@ -368,6 +368,23 @@ def test_bad_weights(tmp_path, small_scene):
         predict(small_scene.items, no_norm, tmp_path / "o")
 
 
+def test_weights_read_again_unchanged_are_not_loaded_again(tmp_path, monkeypatch):
+    import crop2seg_pipeline.models as models
+
+    loads = []
+    real = models.load_model
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    folder = _save(tmp_path / "w")
+    first = read_model_spec(folder)
+    assert read_model_spec(folder) == first and len(loads) == 1
+    meta = json.loads((folder / "model.json").read_text())  # rewritten: read (and checked) again
+    del meta["normalization"]
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="normalization"):
+        read_model_spec(folder)
+    assert len(loads) == 2
+
+
 def test_items_lacking_a_band_the_model_needs(tmp_path, small_scene, weights):
     doc = json.loads(Path(small_scene.items).read_text())
     for it in doc["features"]:
@@ -504,6 +521,7 @@ def test_model_task_annotations_reach_the_scheduler(small_scene, weights):
     with graph optimization fused the layers and dropped both.)"""
     from dask.base import collections_to_expr
 
+    from crop2seg_pipeline.blocks import PREDICT_BLOCK_CACHE
     from crop2seg_pipeline.graph.windows import owned_counts
     from crop2seg_pipeline.predict import finish_tasks, source_probabilities
 
@@ -523,7 +541,17 @@ def test_model_task_annotations_reach_the_scheduler(small_scene, weights):
     rest = {k: v for k, v in ann["priority"].items() if k not in model}
     assert len(rest) > len(counts) and min(rest.values()) > max(counts.values())
     assert {f"finish-{probs.name}-{i}-{j}" for i, j in counts} <= set(rest)
-    # a large area: no priorities (chunks are finished as they come, memory stays one chunk a thread)
+    # ... and its model tasks read with the large block cache (every file block of the area fits)
+    assert {_model_task_args(probs)[-1]} == {PREDICT_BLOCK_CACHE}
+    # a large area: no priorities (chunks are finished as they come, memory stays one chunk a
+    # thread), GDAL's default block cache
     probs, _ = source_probabilities(src, [0, 1, 2], spec, chunksize=96, overlap=16, batch_size=2, device="cpu")
     tasks = finish_tasks(probs, None, spec.n_classes, prob_store=None, device="cpu")
     assert "priority" not in collections_to_expr(tasks).__dask_annotations__()
+    assert {_model_task_args(probs)[-1]} == {None}
+
+
+def _model_task_args(probs) -> tuple:
+    """The arguments of one model task of ``probs``' graph."""
+    (layer,) = [v for k, v in probs.dask.layers.items() if k.startswith("predict-windows")]
+    return next(iter(dict(layer).values()))[1:]

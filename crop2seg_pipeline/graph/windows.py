@@ -33,7 +33,7 @@ import dask.array as da
 import numpy as np
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-from ..blocks import CubeSource, read_block
+from ..blocks import PREDICT_BLOCK_CACHE, CubeSource, read_block
 from ..kernels.windows import (
     accumulate_windows,
     blend_weights,
@@ -166,24 +166,26 @@ def predict_chunk(block: np.ndarray, plan: WindowPlan, i: int, j: int) -> dict:
 
 
 def read_padded(src: CubeSource, dates: Sequence[int], bands: Sequence[str], y0: int, y1: int, x0: int,
-                x1: int) -> np.ndarray:
+                x1: int, block_cache: int | None = None) -> np.ndarray:
     """Rows [y0, y1) x cols [x0, x1) of the area, mirrored beyond its edge when the area is
-    smaller than one window (padding only ever spans one chunk, which then starts at 0)."""
+    smaller than one window (padding only ever spans one chunk, which then starts at 0);
+    ``block_cache``: see :func:`~crop2seg_pipeline.blocks.read_block`."""
     H, W = src.grid.shape
     ry1, rx1 = min(y1, H), min(x1, W)
     if (ry1 < y1 and y0 != 0) or (rx1 < x1 and x0 != 0):
         raise RuntimeError(f"padded block must start at 0, got rows {y0}:{y1}, cols {x0}:{x1} of {H} x {W}")
-    block = read_block(src, (y0, ry1, x0, rx1), dates, bands)
+    block = read_block(src, (y0, ry1, x0, rx1), dates, bands, block_cache=block_cache)
     if ry1 < y1 or rx1 < x1:
         block = np.pad(block, ((0, 0), (0, 0), (0, y1 - ry1), (0, x1 - rx1)), mode="symmetric")
     return block
 
 
-def read_and_predict_chunk(src: CubeSource, dates: Sequence[int], plan: WindowPlan, i: int, j: int) -> dict:
+def read_and_predict_chunk(src: CubeSource, dates: Sequence[int], plan: WindowPlan, i: int, j: int,
+                           block_cache: int | None = None) -> dict:
     """Dask task: read chunk (i, j) with its halo (:func:`read_padded`), then :func:`predict_chunk`."""
     tune_malloc()  # the block too comes from the heap (the model cache tunes only at its first load)
     _, _, _, _, ey0, ey1, ex0, ex1 = _extent(plan, i, j)
-    return predict_chunk(read_padded(src, dates, plan.spec.bands, ey0, ey1, ex0, ex1), plan, i, j)
+    return predict_chunk(read_padded(src, dates, plan.spec.bands, ey0, ey1, ex0, ex1, block_cache), plan, i, j)
 
 
 def owned_counts(plan: WindowPlan) -> dict[tuple[int, int], int]:
@@ -297,9 +299,10 @@ def window_graph(
         Annotate Dask priorities: model tasks by their window count (the largest first, so that
         the queue shares a small area's windows evenly between the threads; see
         :mod:`crop2seg_pipeline.kernels.chunking`), part and blend tasks above every model task
-        (``MODEL_PRIORITY_TOP + 1``: cheap, and they free the sums). For small areas: the
-        model tasks then all run before any chunk is finished downstream, so the sums of the
-        whole area may be held at once.
+        (``MODEL_PRIORITY_TOP + 1``: cheap, and they free the sums), and model tasks reading
+        with :data:`~crop2seg_pipeline.blocks.PREDICT_BLOCK_CACHE`. For small areas: the model
+        tasks then all run before any chunk is finished downstream, so the sums of the whole
+        area may be held at once, and every file block of the area may stay decoded.
     """
     ny, nx = plan.shape
     if (source is None) == (array is None):
@@ -308,7 +311,8 @@ def window_graph(
         token = dask.base.tokenize(source, list(dates or []), plan)
         src_name, dates_name = f"predict-source-{token}", f"predict-dates-{token}"
         run_name = f"predict-windows-{token}"
-        run_layer = {(run_name, i, j): (read_and_predict_chunk, src_name, dates_name, plan, i, j)
+        cache = PREDICT_BLOCK_CACHE if prioritize else None  # a small area: all its file blocks fit
+        run_layer = {(run_name, i, j): (read_and_predict_chunk, src_name, dates_name, plan, i, j, cache)
                      for i in range(ny) for j in range(nx)}
         layers = {src_name: MaterializedLayer({src_name: source}),
                   dates_name: MaterializedLayer({dates_name: list(dates or [])})}

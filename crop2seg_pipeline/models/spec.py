@@ -77,8 +77,17 @@ def _fingerprint(folder: Path) -> tuple:
     return tuple(out)
 
 
+#: Specs read in this process, by folder and file fingerprint (size, mtime): a second prediction
+#: with unchanged weights (the web app, a notebook) does not load the model again to check them.
+_SPECS: dict[tuple[str, tuple, tuple], ModelSpec] = {}
+_SPECS_MAX = 16
+
+
 def read_model_spec(weights_dir: str | os.PathLike) -> ModelSpec:
     """Read and validate a weights folder for inference (loads the model once, on CPU).
+
+    A folder already read in this process whose ``weights.pt`` and ``model.json`` are the same
+    files (inode) with the same size and modification time is not loaded again.
 
     Raises
     ------
@@ -87,9 +96,25 @@ def read_model_spec(weights_dir: str | os.PathLike) -> ModelSpec:
         that are not Sentinel-2 bands of this pipeline, classes other than the nomenclature's,
         a patch size the model cannot take.
     """
+    folder = Path(weights_dir).expanduser().resolve()
+    try:  # the fingerprint, and the files' inodes (an atomic rewrite is a new file)
+        key = (str(folder), _fingerprint(folder),
+               tuple((folder / n).stat().st_ino for n in ("weights.pt", "model.json")))
+    except OSError:  # missing files: the full read names what is wrong
+        key = None
+    if key is not None and key in _SPECS:
+        return _SPECS[key]
+    spec = _read_model_spec(folder)
+    if key is not None and spec.fingerprint == key[1]:
+        if len(_SPECS) >= _SPECS_MAX:
+            _SPECS.pop(next(iter(_SPECS)))
+        _SPECS[key] = spec
+    return spec
+
+
+def _read_model_spec(folder: Path) -> ModelSpec:
     from . import CheckpointError, load_model
 
-    folder = Path(weights_dir).expanduser().resolve()
     model = load_model(folder, "cpu", expect_classes=list(CLASS_NAMES))
     meta = model.meta
     model_json = folder / "model.json"

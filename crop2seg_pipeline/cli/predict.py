@@ -38,7 +38,7 @@ DEMO_OUT = "prediction"
 @click.option("--overlap", default=32, type=click.IntRange(min=0), help="Overlap of neighbouring windows (px); stride = patch size - overlap.")
 @click.option("--batch-size", default=8, type=click.IntRange(min=1), help="Windows per forward pass.")
 @click.option("--device", default="auto", help="auto (CUDA where a worker has it), cpu, cuda or cuda:N.")
-@click.option("--chunksize", default=512, type=click.IntRange(min=16), help="Spatial chunk (px): the unit of work and of worker memory.")
+@click.option("--chunksize", default=512, type=click.IntRange(min=16), help="Largest spatial chunk (px): the unit of work and of worker memory (a small area is cut finer, so that the cluster's threads get equal shares of its windows).")
 @click.option("--probabilities", is_flag=True, help="Also write per-class probabilities: OUT/probabilities.zarr (float32) and OUT/probabilities.tif (uint8 COG, probability x 255, one band per class, bands summing to 255).")
 @click.option("--polygons", is_flag=True, help="Also write the class map as polygons (class, area, mean confidence; Background dropped) to OUT/polygons.gpkg, polygonized chunk by chunk on the workers.")
 @click.option("--min-polygon-area", default=5000.0, type=click.FloatRange(min=0), help="With --polygons: keep polygons larger than this (m2; Crop2Seg: 5000).")

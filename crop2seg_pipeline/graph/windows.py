@@ -43,7 +43,7 @@ from ..kernels.windows import (
     owned_windows,
     plan_axis,
 )
-from ..kernels.chunking import min_chunks
+from ..kernels.chunking import min_chunks, owned_per_chunk
 from ..malloc import tune_malloc
 from ..models.spec import ModelSpec
 from .model_cache import cached_model, resolve_device
@@ -191,10 +191,9 @@ def read_and_predict_chunk(src: CubeSource, dates: Sequence[int], plan: WindowPl
 def owned_counts(plan: WindowPlan) -> dict[tuple[int, int], int]:
     """``{(i, j): windows owned by chunk (i, j)}`` of a plan."""
     P = plan.spec.patch_size
-    ny, nx = plan.shape
-    rows = [len(owned_windows(plan.rows, P, plan.ybounds, i)) for i in range(ny)]
-    cols = [len(owned_windows(plan.cols, P, plan.xbounds, j)) for j in range(nx)]
-    return {(i, j): rows[i] * cols[j] for i in range(ny) for j in range(nx)}
+    rows = owned_per_chunk(plan.rows, P, plan.ybounds)
+    cols = owned_per_chunk(plan.cols, P, plan.xbounds)
+    return {(i, j): a * b for i, a in enumerate(rows) for j, b in enumerate(cols)}
 
 
 #: Model-task priorities (window counts) are capped here; what runs after them gets more.

@@ -24,7 +24,8 @@ import numpy as np
 
 from .windows import owned_windows, plan_axis
 
-__all__ = ["axis_chunks", "balanced_chunksize", "chunk_costs", "min_chunks", "queue_makespan", "TASK_COST"]
+__all__ = ["axis_chunks", "balanced_chunksize", "chunk_costs", "min_chunks", "owned_per_chunk", "queue_makespan",
+           "TASK_COST"]
 
 #: Fixed cost of one model task (reading its halo, its part and blend tasks, scheduling), in
 #: units of one window's model time (~0.1 s on a CPU core for a 128 px ``utae-small`` window
@@ -51,15 +52,19 @@ def axis_chunks(n: int, size: int, minimum: int) -> tuple[int, ...]:
     return min_chunks(chunks, minimum)
 
 
+def owned_per_chunk(origins: np.ndarray, size: int, edges: Sequence[int]) -> list[int]:
+    """Windows owned by each chunk between ``edges`` along one axis (see
+    :func:`~crop2seg_pipeline.kernels.windows.owned_windows`)."""
+    return [len(owned_windows(origins, size, edges, k)) for k in range(len(edges) - 1)]
+
+
 def chunk_costs(height: int, width: int, size: int, patch_size: int, stride: int,
                 task_cost: float = TASK_COST) -> list[float]:
     """Cost of each model task of ``size`` px chunks: the windows it owns plus ``task_cost``."""
     per_axis = []
     for n in (height, width):
-        chunks = axis_chunks(n, size, patch_size)
-        edges = np.concatenate([[0], np.cumsum(chunks)]).tolist()
-        origins = plan_axis(edges[-1], patch_size, stride)
-        per_axis.append([len(owned_windows(origins, patch_size, edges, k)) for k in range(len(chunks))])
+        edges = np.concatenate([[0], np.cumsum(axis_chunks(n, size, patch_size))]).tolist()
+        per_axis.append(owned_per_chunk(plan_axis(edges[-1], patch_size, stride), patch_size, edges))
     return [a * b + task_cost for a in per_axis[0] for b in per_axis[1]]
 
 

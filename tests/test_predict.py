@@ -369,7 +369,7 @@ def test_bad_weights(tmp_path, small_scene):
 
 
 def test_weights_read_again_unchanged_are_not_loaded_again(tmp_path, monkeypatch):
-    import crop2seg_pipeline.models as models
+    from crop2seg_pipeline import models
 
     loads = []
     real = models.load_model

@@ -20,13 +20,27 @@ import numpy as np
 
 from ..blocks import CubeSource, read_block, read_scl
 from ..interrupts import hold_point
-from ..kernels.patches import Moments, patch_class_counts, patch_fraction, patch_mask, patch_views
+from ..kernels.patches import (
+    Moments,
+    patch_class_counts,
+    patch_fraction,
+    patch_mask,
+    patch_views,
+)
 from ..kernels.s2 import clear_mask
 from ..malloc import tune_malloc
 from ..store import write_marker, write_patches
 
-__all__ = ["chunk_windows", "group_windows", "pass1_chunks", "pass2_chunk", "pass1_tasks", "shared", "MOMENTS_STEP",
-           "PASS1_GROUP"]
+__all__ = [
+    "MOMENTS_STEP",
+    "PASS1_GROUP",
+    "chunk_windows",
+    "group_windows",
+    "pass1_chunks",
+    "pass1_tasks",
+    "pass2_chunk",
+    "shared",
+]
 
 Window = tuple[int, int, int, int]
 

@@ -34,6 +34,7 @@ import numpy as np
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from ..blocks import PREDICT_BLOCK_CACHE, CubeSource, read_block
+from ..kernels.chunking import min_chunks, owned_per_chunk
 from ..kernels.windows import (
     accumulate_windows,
     blend_weights,
@@ -43,7 +44,6 @@ from ..kernels.windows import (
     owned_windows,
     plan_axis,
 )
-from ..kernels.chunking import min_chunks, owned_per_chunk
 from ..malloc import tune_malloc
 from ..models.spec import ModelSpec
 from .model_cache import cached_model, resolve_device

@@ -24,8 +24,15 @@ import numpy as np
 
 from .windows import owned_windows, plan_axis
 
-__all__ = ["axis_chunks", "balanced_chunksize", "chunk_costs", "min_chunks", "owned_per_chunk", "queue_makespan",
-           "TASK_COST"]
+__all__ = [
+    "TASK_COST",
+    "axis_chunks",
+    "balanced_chunksize",
+    "chunk_costs",
+    "min_chunks",
+    "owned_per_chunk",
+    "queue_makespan",
+]
 
 #: Fixed cost of one model task (reading its halo, its part and blend tasks, scheduling), in
 #: units of one window's model time (~0.1 s on a CPU core for a 128 px ``utae-small`` window

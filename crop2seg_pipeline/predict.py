@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -53,10 +52,8 @@ from .graph.model_cache import model_loads
 from .graph.run import run_tasks
 from .graph.windows import (
     BLEND_FLOOR,
-    MODEL_PRIORITY_TOP,
     WindowPlan,
-    bounds,
-    finish_chunk,
+    finish_tasks,
     min_chunks,
     plan_windows,
     window_graph,
@@ -313,17 +310,17 @@ def _as_dataset(cube: xr.Dataset, spec: ModelSpec, probs: da.Array, with_probs: 
 
 def source_probabilities(
     src: CubeSource, dates: Sequence[int], spec: ModelSpec, *, chunksize: int, overlap: int, batch_size: int,
-    device: str, resources: Mapping[str, Any] | None = None, prioritize: bool = False,
+    device: str, resources: Mapping[str, Any] | None = None, small_area: bool = False,
 ) -> tuple[da.Array, WindowPlan]:
     """The lazy ``(class, y, x)`` probabilities of ``src``'s area on ``dates`` (indices), model
     tasks reading their own haloed blocks (the path of :func:`predict`), and the window plan
-    (``prioritize``: see :func:`~crop2seg_pipeline.graph.windows.window_graph`)."""
+    (``small_area``: see :func:`~crop2seg_pipeline.graph.windows.window_graph`)."""
     _check_settings(spec, overlap, batch_size)
     times = np.array([src.times[d] for d in dates], dtype="datetime64[ns]")
     positions = _check_dates(times, spec)
     ychunks, xchunks = _area_chunks(*src.grid.shape, chunksize, spec.patch_size)
     plan = plan_windows(spec, positions, ychunks, xchunks, overlap=overlap, batch_size=batch_size, device=device)
-    probs = window_graph(plan, source=src, dates=dates, resources=resources, prioritize=prioritize)
+    probs = window_graph(plan, source=src, dates=dates, resources=resources, small_area=small_area)
     H, W = src.grid.shape
     if probs.shape[1:] != (H, W):  # padded up to one window
         probs = probs[:, :H, :W]
@@ -331,29 +328,6 @@ def source_probabilities(
 
 
 # ----------------------------------------------------------------------------- the pipeline
-
-
-def finish_tasks(probs: da.Array, pid_blocks: Any, n_classes: int, *, prob_store: str | None, device: str,
-                 extras: Any = None, prioritize: bool = False) -> list:
-    """One :func:`~crop2seg_pipeline.graph.windows.finish_chunk` task per chunk of ``probs``
-    (with ``prioritize``, above every model task, as the blends).
-
-    The blocks are taken without graph optimization: dask's low-level fusion drops layer
-    annotations, and the model layer's (its priorities; ``resources`` such as ``{"GPU": 1}``)
-    must reach the scheduler.
-    """
-    ychunks, xchunks = probs.chunks[1], probs.chunks[2]
-    yb, xb = bounds(ychunks), bounds(xchunks)
-    blocks = probs.to_delayed(optimize_graph=False)
-    with dask.annotate(**({"priority": MODEL_PRIORITY_TOP + 1} if prioritize else {})):
-        return [
-            dask.delayed(finish_chunk, pure=True)(
-                blocks[0, i, j], None if pid_blocks is None else pid_blocks[i, j],
-                n_classes=n_classes, y0=yb[i], x0=xb[j], prob_store=prob_store, device_of=device, extras=extras,
-                dask_key_name=f"finish-{probs.name}-{i}-{j}",
-            )
-            for i in range(len(ychunks)) for j in range(len(xchunks))
-        ]
 
 
 def _clear_dates(src: CubeSource, spec: ModelSpec, chunksize: int, client: Any,
@@ -618,10 +592,10 @@ def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start
         f"({spec.patch_size} px windows, overlap {overlap}, batch {batch_size}, device {device})")
 
     # 3. the window graph, then one finishing task per chunk
-    # a small area: the largest model tasks first, so that the threads finish together
-    prioritize = grid.height * grid.width <= SMALL_AREA_PX * threads
+    # a small area: the largest model tasks first (the threads finish together), all its file blocks cached
+    small_area = grid.height * grid.width <= SMALL_AREA_PX * threads
     probs, _ = source_probabilities(src, dates, spec, chunksize=chunksize, overlap=overlap, batch_size=batch_size,
-                                    device=device, resources=_gpu_resources(client, device), prioritize=prioritize)
+                                    device=device, resources=_gpu_resources(client, device), small_area=small_area)
     ychunks, xchunks = probs.chunks[1], probs.chunks[2]
     pid_blocks = None
     if gdf is not None:
@@ -634,7 +608,7 @@ def _predict(plan: PredictPlan, client: Any, say: Callable[[str], None], t_start
     extras = PredictExtras(folder, grid, spec.class_names, probabilities=plan.probabilities, polygons=plan.polygons,
                            parcels=gdf is not None, min_polygon_area=plan.min_polygon_area)
     tasks = finish_tasks(probs, pid_blocks, spec.n_classes, prob_store=prob_store, device=device,
-                         extras=extras.options if extras.active else None, prioritize=prioritize)
+                         extras=extras.options if extras.active else None, small_area=small_area)
 
     # 4. run; the client writes each chunk as it arrives (into temporary files: nothing final yet)
     hist = np.zeros(spec.n_classes, np.int64)

@@ -522,17 +522,17 @@ def test_model_task_annotations_reach_the_scheduler(small_scene, weights):
     from dask.base import collections_to_expr
 
     from crop2seg_pipeline.blocks import PREDICT_BLOCK_CACHE
-    from crop2seg_pipeline.graph.windows import owned_counts
-    from crop2seg_pipeline.predict import finish_tasks, source_probabilities
+    from crop2seg_pipeline.graph.windows import finish_tasks, owned_counts
+    from crop2seg_pipeline.predict import source_probabilities
 
     spec = read_model_spec(weights)
     cube = load_cube(small_scene.items, chunksize=128)
     src = cube_source(normalize_items(small_scene.items, bands=spec.bands), cube_grid_of(cube), spec.bands)
     probs, plan = source_probabilities(src, [0, 1, 2], spec, chunksize=96, overlap=16, batch_size=2, device="cpu",
-                                       resources={"GPU": 1}, prioritize=True)
+                                       resources={"GPU": 1}, small_area=True)
     counts = owned_counts(plan)
     assert sum(counts.values()) == len(plan.rows) * len(plan.cols) and len(set(counts.values())) > 1
-    tasks = finish_tasks(probs, None, spec.n_classes, prob_store=None, device="cpu", prioritize=True)
+    tasks = finish_tasks(probs, None, spec.n_classes, prob_store=None, device="cpu", small_area=True)
     ann = collections_to_expr(tasks).__dask_annotations__()
     model = {k for k in ann["resources"] if isinstance(k, tuple) and str(k[0]).startswith("predict-windows")}
     assert len(model) == len(counts) and all(ann["resources"][k] == {"GPU": 1} for k in model)

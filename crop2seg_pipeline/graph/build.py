@@ -66,8 +66,8 @@ def shared(obj: Any, name: str) -> Any:
 
 #: Pass 1 reads the SCL of up to ``PASS1_GROUP`` x ``PASS1_GROUP`` px (10 m) per task, the
 #: chunks of a group in one window: Sentinel-2 COGs store 1024 px blocks (512 px at 20 m), so
-#: one task per 512 px chunk decoded every SCL block four times (the full-tile benchmark's pass
-#: 1: 20 s -> see ``benchmarks/fulltile.py``). 24 dates of 1024 px SCL are 25 MB.
+#: one task per 512 px chunk decoded every SCL block four times (see ``benchmarks/fulltile.py``
+#: and the README's full-tile table). 24 dates of 1024 px SCL are 25 MB.
 PASS1_GROUP = 1024
 
 

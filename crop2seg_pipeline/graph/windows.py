@@ -48,7 +48,7 @@ from ..malloc import tune_malloc
 from ..models.spec import ModelSpec
 from .model_cache import cached_model, resolve_device
 
-__all__ = ["BLEND_FLOOR", "MODEL_PRIORITY_TOP", "WindowPlan", "bounds", "finish_chunk", "min_chunks", "owned_counts",
+__all__ = ["BLEND_FLOOR", "MODEL_PRIORITY_TOP", "WindowPlan", "bounds", "finish_chunk", "finish_tasks", "min_chunks", "owned_counts",
            "plan_windows", "window_graph"]
 
 #: Blend weight at a window's very edge (a floor > 0: every covered pixel gets a weight).
@@ -272,7 +272,7 @@ def window_graph(
     dates: Sequence[int] | None = None,
     array: da.Array | None = None,
     resources: Mapping[str, Any] | None = None,
-    prioritize: bool = False,
+    small_area: bool = False,
 ) -> da.Array:
     """The lazy ``(class, y, x)`` float32 probabilities of the planned area.
 
@@ -294,14 +294,14 @@ def window_graph(
         ``dask.array.overlap``).
     resources
         Dask resource annotation of the model tasks, e.g. ``{"GPU": 1}``.
-    prioritize
-        Annotate Dask priorities: model tasks by their window count (the largest first, so that
-        the queue shares a small area's windows evenly between the threads; see
-        :mod:`crop2seg_pipeline.kernels.chunking`), part and blend tasks above every model task
-        (``MODEL_PRIORITY_TOP + 1``: cheap, and they free the sums), and model tasks reading
-        with :data:`~crop2seg_pipeline.blocks.PREDICT_BLOCK_CACHE`. For small areas: the model
-        tasks then all run before any chunk is finished downstream, so the sums of the whole
-        area may be held at once, and every file block of the area may stay decoded.
+    small_area
+        The area is small (``predict.SMALL_AREA_PX`` per thread): Dask priorities on the model
+        tasks by their window count (the largest first, so that the queue shares the windows
+        evenly between the threads; see :mod:`crop2seg_pipeline.kernels.chunking`), part and
+        blend tasks above every model task (``MODEL_PRIORITY_TOP + 1``: cheap, and they free the
+        sums), and model reads with :data:`~crop2seg_pipeline.blocks.PREDICT_BLOCK_CACHE`. The
+        model tasks may then all run before any chunk is finished downstream, so the sums of
+        the whole area may be held at once, and every file block of the area may stay decoded.
     """
     ny, nx = plan.shape
     if (source is None) == (array is None):
@@ -310,7 +310,7 @@ def window_graph(
         token = dask.base.tokenize(source, list(dates or []), plan)
         src_name, dates_name = f"predict-source-{token}", f"predict-dates-{token}"
         run_name = f"predict-windows-{token}"
-        cache = PREDICT_BLOCK_CACHE if prioritize else None  # a small area: all its file blocks fit
+        cache = PREDICT_BLOCK_CACHE if small_area else None  # a small area: all its file blocks fit
         run_layer = {(run_name, i, j): (read_and_predict_chunk, src_name, dates_name, plan, i, j, cache)
                      for i in range(ny) for j in range(nx)}
         layers = {src_name: MaterializedLayer({src_name: source}),
@@ -349,7 +349,7 @@ def window_graph(
             blend_layer[(name, 0, i, j)] = (blend_chunk, keys, sides, shape, (i, j))
     annotations: dict[str, Any] = {"resources": dict(resources)} if resources else {}
     after: dict[str, Any] | None = None
-    if prioritize:  # the model tasks with the most windows first (the queue then balances)
+    if small_area:  # the model tasks with the most windows first (the queue then balances)
         annotations["priority"] = functools.partial(_owned_count, owned_counts(plan))
         after = {"priority": MODEL_PRIORITY_TOP + 1}
     layers[run_name] = MaterializedLayer(run_layer, annotations=annotations or None)
@@ -361,3 +361,26 @@ def window_graph(
     xchunks = tuple(np.diff(plan.xbounds).tolist())
     return da.Array(HighLevelGraph(layers, deps), name, chunks=((plan.spec.n_classes,), ychunks, xchunks),
                     dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
+
+
+def finish_tasks(probs: da.Array, pid_blocks: Any, n_classes: int, *, prob_store: str | None, device: str,
+                 extras: Any = None, small_area: bool = False) -> list:
+    """One :func:`finish_chunk` task per chunk of ``probs``
+    (on a ``small_area``, above every model task, as the blends).
+
+    The blocks are taken without graph optimization: dask's low-level fusion drops layer
+    annotations, and the model layer's (its priorities; ``resources`` such as ``{"GPU": 1}``)
+    must reach the scheduler.
+    """
+    ychunks, xchunks = probs.chunks[1], probs.chunks[2]
+    yb, xb = bounds(ychunks), bounds(xchunks)
+    blocks = probs.to_delayed(optimize_graph=False)
+    with dask.annotate(**({"priority": MODEL_PRIORITY_TOP + 1} if small_area else {})):
+        return [
+            dask.delayed(finish_chunk, pure=True)(
+                blocks[0, i, j], None if pid_blocks is None else pid_blocks[i, j],
+                n_classes=n_classes, y0=yb[i], x0=xb[j], prob_store=prob_store, device_of=device, extras=extras,
+                dask_key_name=f"finish-{probs.name}-{i}-{j}",
+            )
+            for i in range(len(ychunks)) for j in range(len(xchunks))
+        ]

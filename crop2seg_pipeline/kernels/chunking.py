@@ -7,10 +7,10 @@ largest ones finishes last while the others idle: a 512 px area in 2 x 2 chunks 
 9, 6, 6 and 4 windows of 128 px at stride 96, and Dask's queue (each one-thread worker holds up
 to two tasks) gave one worker 9 + 6 and the other 6 + 4: 15 window-times instead of 12.5.
 
-:func:`balanced_chunksize` picks the chunk side among the requested one and the multiples of
-the window stride below it (chunk edges on window origins), by the finish time of
-:func:`queue_makespan` with the tasks handed out largest first (the graph gives the model tasks
-that priority).
+:func:`balanced_chunksize` picks the chunk side among the requested one, its halves and the
+multiples of the window stride below it (chunk edges on window origins), by the finish time of
+:func:`queue_makespan` with the tasks handed out largest first (on a small area the graph gives
+the model tasks that priority: :func:`~crop2seg_pipeline.graph.windows.window_graph`).
 """
 
 from __future__ import annotations
@@ -110,9 +110,10 @@ def queue_makespan(costs: Sequence[float], workers: int, slots: int = 2) -> floa
 def balanced_chunksize(height: int, width: int, chunksize: int, patch_size: int, stride: int, threads: int, *,
                        task_cost: float = TASK_COST, slots: int = 2, gain: float = 0.03) -> int:
     """The chunk side to use for an area: ``chunksize``, or a side below it (a multiple of
-    ``stride`` or ``chunksize`` halved, at least one window) when that finishes at least ``gain`` sooner by :func:`queue_makespan` on
-    ``threads`` one-thread workers; the largest side among those within ``gain`` of the best, so
-    that an area needs no more tasks (and halos) than it gains from.
+    ``stride`` or ``chunksize`` halved, at least one window) when that finishes more than
+    ``gain`` sooner by :func:`queue_makespan` on ``threads`` one-thread workers: then the
+    largest side within ``gain`` of the best, so that an area needs no more tasks (and halos)
+    than it gains from.
     """
     size = max(int(chunksize), int(patch_size))
     threads = max(int(threads), 1)

@@ -77,7 +77,7 @@ def _fingerprint(folder: Path) -> tuple:
     return tuple(out)
 
 
-#: Specs read in this process, by folder and file fingerprint (size, mtime): a second prediction
+#: Specs read in this process, by folder, file fingerprint (size, mtime) and inodes: a second prediction
 #: with unchanged weights (the web app, a notebook) does not load the model again to check them.
 _SPECS: dict[tuple[str, tuple, tuple], ModelSpec] = {}
 _SPECS_MAX = 16
